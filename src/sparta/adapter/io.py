@@ -1,0 +1,275 @@
+"""Adapter files: `adapter_config.json` + `adapter_model.safetensors` (never pickle).
+
+Index encodings of phi (the delta values are always stored in model order, one tensor per adapted weight):
+
+* ``seed``: nothing but the sampler's inputs (seed, name, shape, density, in the JSON) plus the count and a
+  checksum; the indices are regenerated on load and verified;
+* ``coo16``: one coordinate tensor per dimension, uint16 where the dimension is at most 65,536 (the paper's
+  two 16-bit indices), int32 otherwise;
+* ``flat32``: one flat int32 position per value (int64 for tensors of 2**31 elements or more).
+
+Delta values (and the head) are stored in float32, bfloat16 or float16.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from sparta.adapter.config import SpartaConfig
+from sparta.adapter.fingerprint import check_fingerprint, model_fingerprint
+from sparta.adapter.sampling import indices_checksum, sample_indices
+from sparta.errors import SpartaError
+
+if TYPE_CHECKING:
+    from sparta.adapter.model import SpartaModel
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+FORMAT_VERSION = 1
+INDEX_FORMATS = ("seed", "coo16", "flat32")
+DELTA_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Write via a temporary file in the same directory and an atomic rename."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _encode_indices(
+    name: str, flat: torch.Tensor, shape: tuple[int, ...], index_format: str
+) -> dict[str, torch.Tensor]:
+    if index_format == "flat32":
+        dtype = torch.int32 if int(np.prod(shape)) < 2**31 else torch.int64
+        return {f"index/{name}": flat.to(dtype)}
+    out = {}
+    remaining = flat
+    for dim in reversed(range(len(shape))):
+        coord = remaining % shape[dim]
+        remaining = remaining // shape[dim]
+        out[f"index{dim}/{name}"] = coord.to(torch.uint16 if shape[dim] <= 65536 else torch.int32)
+    return out
+
+
+def _decode_indices(
+    name: str, meta: dict, index_format: str, reader: Any, config: SpartaConfig
+) -> torch.Tensor:
+    shape = tuple(meta["shape"])
+    count = int(meta["count"])
+    if index_format == "seed":
+        flat = torch.from_numpy(
+            sample_indices(int(np.prod(shape)), float(meta["density"]), config.seed, name, shape)
+        )
+        if flat.numel() != count or indices_checksum(flat.numpy()) != meta.get("checksum"):
+            raise SpartaError(
+                f"the indices of {name!r} regenerated from the seed do not match the adapter's checksum "
+                "(different sampler version?); re-save the adapter with index_format='coo16' or 'flat32'"
+            )
+        return flat
+    if index_format == "flat32":
+        flat = _read(reader, f"index/{name}").to(torch.int64)
+    else:
+        flat = torch.zeros(count, dtype=torch.int64)
+        for dim, size in enumerate(shape):
+            flat = flat * size + _read(reader, f"index{dim}/{name}").to(torch.int64)
+    n = int(np.prod(shape))
+    if flat.dim() != 1 or flat.numel() != count:
+        raise SpartaError(
+            f"adapter file is corrupt: {name!r} has {flat.numel()} indices, its config says {count}"
+        )
+    if count and (int(flat.min()) < 0 or int(flat.max()) >= n or not bool((flat[1:] > flat[:-1]).all())):
+        raise SpartaError(
+            f"adapter file is corrupt: the indices of {name!r} are out of range or not strictly increasing"
+        )
+    return flat
+
+
+def _read(reader: Any, key: str) -> torch.Tensor:
+    try:
+        return reader.get_tensor(key)
+    except Exception as err:  # safetensors raises its own error types for missing or damaged tensors
+        raise SpartaError(f"adapter weights file is missing tensor {key!r} or is corrupt ({err})") from None
+
+
+def save_adapter(
+    model: SpartaModel, path: Path, *, index_format: str = "seed", delta_dtype: str = "float32"
+) -> Path:
+    """Write the adapter of `model` into directory `path` (created if needed); returns `path`."""
+    if index_format not in INDEX_FORMATS:
+        raise SpartaError(f"index_format must be one of {', '.join(INDEX_FORMATS)}, got {index_format!r}")
+    if delta_dtype not in DELTA_DTYPES:
+        raise SpartaError(f"delta_dtype must be one of {', '.join(DELTA_DTYPES)}, got {delta_dtype!r}")
+    dtype = DELTA_DTYPES[delta_dtype]
+    path.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    params: dict[str, dict] = {}
+    deltas, indices = model.delta_parameters(), model.delta_indices()
+    for target in model.targets:
+        flat = indices[target.name].detach().cpu()
+        meta = {
+            "shape": list(target.shape),
+            "density": target.density,
+            "count": int(flat.numel()),
+            "kind": target.kind,
+        }
+        tensors[f"delta/{target.name}"] = deltas[target.name].detach().to(dtype).cpu().contiguous()
+        if index_format == "seed":
+            meta["checksum"] = indices_checksum(flat.numpy())
+        else:
+            tensors.update(_encode_indices(target.name, flat, target.shape, index_format))
+        params[target.name] = meta
+    heads = {}
+    for name, p in model.head_parameters().items():
+        tensors[f"head/{name}"] = p.detach().to(dtype).cpu().contiguous()
+        heads[name] = list(p.shape)
+    base = model.base_model
+    base_config = getattr(base, "config", None)
+    document = {
+        "adapter_type": "sparta",
+        "format_version": FORMAT_VERSION,
+        "config": model.sparta_config.to_dict(),
+        "index_format": index_format,
+        "delta_dtype": delta_dtype,
+        "params": params,
+        "heads": heads,
+        "base_model": {
+            "class": type(base).__name__,
+            "name_or_path": getattr(base_config, "_name_or_path", None) or None,
+            "num_labels": getattr(base_config, "num_labels", None) if heads else None,
+            "fingerprint": model.base_fingerprint,
+        },
+    }
+    _atomic_write(
+        path / WEIGHTS_NAME,
+        lambda tmp: save_file(tensors, tmp, metadata={"format": "pt", "adapter": "sparta"}),
+    )
+    _atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(document, indent=1)))
+    return path
+
+
+def read_adapter_config(path: Path) -> dict:
+    """The adapter's JSON document, with clear errors for a missing, corrupt or foreign directory."""
+    if not path.is_dir():
+        raise SpartaError(f"adapter directory {str(path)!r} does not exist")
+    config_file = path / CONFIG_NAME
+    if not config_file.is_file():
+        raise SpartaError(f"{str(path)!r} is not a SpaRTA adapter: {CONFIG_NAME} is missing")
+    try:
+        document = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SpartaError(f"{config_file} is corrupt (not valid JSON: {err})") from None
+    if not isinstance(document, dict) or document.get("adapter_type") != "sparta":
+        raise SpartaError(f"{config_file} is not a SpaRTA adapter config (adapter_type is not 'sparta')")
+    if document.get("format_version") != FORMAT_VERSION:
+        raise SpartaError(
+            f"{config_file} has format_version {document.get('format_version')!r}; this sparta reads {FORMAT_VERSION}"
+        )
+    for key in ("config", "index_format", "params", "heads", "base_model"):
+        if key not in document:
+            raise SpartaError(f"{config_file} is corrupt: the key {key!r} is missing")
+    if document["index_format"] not in INDEX_FORMATS:
+        raise SpartaError(f"{config_file} has unknown index_format {document['index_format']!r}")
+    return document
+
+
+def _open_weights(path: Path) -> Any:
+    weights = path / WEIGHTS_NAME
+    if not weights.is_file():
+        raise SpartaError(f"{str(path)!r} is not a complete SpaRTA adapter: {WEIGHTS_NAME} is missing")
+    try:
+        return safe_open(str(weights), framework="pt")
+    except Exception as err:
+        raise SpartaError(
+            f"{weights} is corrupt or truncated ({err}); re-save or re-download the adapter"
+        ) from None
+
+
+def _indices_for(document: dict, reader: Any) -> dict[str, torch.Tensor]:
+    config = SpartaConfig.from_dict(document["config"])
+    return {
+        name: _decode_indices(name, meta, document["index_format"], reader, config)
+        for name, meta in document["params"].items()
+    }
+
+
+def load_adapter(base_model: nn.Module, path: Path, *, is_trainable: bool = False) -> SpartaModel:
+    """Wrap `base_model` with the adapter saved in `path`, after checking it is the adapter's base model."""
+    from sparta.adapter.model import SpartaModel, _is_head
+
+    document = read_adapter_config(path)
+    try:
+        config = SpartaConfig.from_dict(document["config"])
+    except TypeError as err:
+        raise SpartaError(f"{path / CONFIG_NAME} is corrupt: {err}") from None
+    heads = [n for n, _ in base_model.named_modules() if n and _is_head(n, config.head_modules)]
+    fingerprint = model_fingerprint(base_model, exclude=heads)
+    check_fingerprint(
+        document["base_model"].get("fingerprint") or {}, fingerprint, required=document["params"]
+    )
+    reader = _open_weights(path)
+    indices = _indices_for(document, reader)
+    model = SpartaModel(base_model, config, indices=indices)
+    if [t.name for t in model.targets] != list(document["params"]):
+        raise SpartaError(
+            f"the adapter's targets do not match what its config selects on this model "
+            f"({len(document['params'])} saved, {len(model.targets)} found); is this the right base model?"
+        )
+    with torch.no_grad():
+        for name, delta in model.delta_parameters().items():
+            values = _read(reader, f"delta/{name}")
+            if values.shape != delta.shape:
+                raise SpartaError(
+                    f"adapter file is corrupt: delta of {name!r} has {values.numel()} values, expected {delta.numel()}"
+                )
+            delta.copy_(values.to(delta.dtype))
+            delta.requires_grad_(is_trainable)
+        saved_heads = document["heads"]
+        model_heads = model.head_parameters()
+        for name, shape in saved_heads.items():
+            if name not in model_heads:
+                raise SpartaError(
+                    f"the adapter has a head {name!r} but the base model has none; load a model with that head"
+                )
+            if list(model_heads[name].shape) != list(shape):
+                raise SpartaError(
+                    f"head {name!r} has shape {tuple(shape)} in the adapter but {tuple(model_heads[name].shape)} in the "
+                    f"model: load the base model with num_labels={shape[0]}"
+                )
+            model_heads[name].copy_(_read(reader, f"head/{name}").to(model_heads[name].dtype))
+            model_heads[name].requires_grad_(is_trainable)
+    model.sync_weights()
+    return model
+
+
+def iter_dense_deltas(path: Path) -> Iterator[tuple[str, tuple[int, ...], torch.Tensor]]:
+    """(parameter name, shape, dense float32 delta) for every adapted tensor, without needing the base model."""
+    document = read_adapter_config(Path(path))
+    reader = _open_weights(Path(path))
+    indices = _indices_for(document, reader)
+    for name, meta in document["params"].items():
+        shape = tuple(meta["shape"])
+        dense = torch.zeros(int(np.prod(shape)), dtype=torch.float32)
+        dense[indices[name]] = _read(reader, f"delta/{name}").float()
+        yield name, shape, dense.view(shape)
+
+
+def adapter_bytes(path: Path) -> int:
+    """Bytes on disk of an adapter directory (config + weights)."""
+    return sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())

@@ -1,0 +1,219 @@
+"""What one adapted module does.
+
+`SpartaLinear` replaces a Linear (or transformers' transposed `Conv1D`) whose weight W0 gets a sparse delta at
+the sampled positions phi:
+
+* forward: ``F.linear(x, W)`` with ``W = W0 + scatter(phi, delta)`` already merged in place, so the forward
+  costs exactly what the base layer costs (no extra matmul, no second weight);
+* backward: the input gradient as usual, and the delta gradient *only at phi*, as a sampled dense-dense product
+  (``torch.sparse.sampled_addmm``): for each selected (i, j), ``sum_n grad_out[n, i] * x[n, j]``. No dense
+  weight-gradient tensor is ever formed;
+* sync: after the deltas change (an optimizer step, a load), the merged positions are rewritten from the saved
+  original values, ``W[phi] = W0[phi] + delta``, never by subtracting the old delta, so nothing drifts and
+  ``unload()`` restores W0 bit for bit in any dtype.
+
+`SparseVectorDelta` is a parametrization for 1-D parameters (biases, norm weights): tiny tensors for which a
+fresh ``W0.index_put(phi, W0[phi] + delta)`` per forward costs nothing and keeps W0 untouched.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# sampled_addmm on a CSR pattern is all we use of the beta sparse API; its once-per-process notice is noise here.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+
+_SAMPLED_DTYPES = (torch.float32, torch.float64)
+
+
+def sampled_dot(
+    row_act: torch.Tensor, col_act: torch.Tensor, crow: torch.Tensor, col: torch.Tensor
+) -> torch.Tensor:
+    """For each (i, j) of the CSR pattern (crow, col): ``sum_n row_act[n, i] * col_act[n, j]``.
+
+    `row_act` is (N, R) and `col_act` is (N, C). Computed with `torch.sparse.sampled_addmm` on contiguous
+    (R, N) and (C, N) operands, which turns every entry into one contiguous dot product. The sparse kernels
+    have no bfloat16/float16 on CPU (and not everywhere on CUDA), so other dtypes are computed in float32.
+    """
+    nnz = col.numel()
+    dtype = row_act.dtype if row_act.dtype in _SAMPLED_DTYPES else torch.float32
+    if nnz == 0 or row_act.shape[0] == 0:
+        return torch.zeros(nnz, dtype=dtype, device=row_act.device)
+    a = row_act.t().to(dtype).contiguous()
+    b = col_act.t().to(dtype).contiguous()
+    pattern = torch.sparse_csr_tensor(
+        crow,
+        col,
+        torch.zeros(nnz, dtype=dtype, device=a.device),
+        size=(a.shape[0], b.shape[0]),
+        check_invariants=False,
+    )
+    return torch.sparse.sampled_addmm(pattern, a, b.t(), beta=0.0).values()
+
+
+class _SyncState:
+    """Mutable flags shared between a SpartaLinear and its autograd nodes."""
+
+    __slots__ = ("key", "dirty", "disabled")
+
+    def __init__(self) -> None:
+        # (delta version, delta data_ptr, weight data_ptr) at the last sync
+        self.key: tuple[int, int, int] | None = None
+        # set by every backward: an optimizer step may follow (fused optimizers do not bump _version)
+        self.dirty = True
+        self.disabled = False
+
+
+class _SparseDeltaLinearFn(torch.autograd.Function):
+    """y = x W^T + b with W already merged; gradients for x, b (if needed) and the deltas at phi only."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, delta, crow, col, transposed, state):  # noqa: ANN001
+        ctx.save_for_backward(x, weight, crow, col)
+        ctx.transposed = transposed
+        ctx.state = state
+        return F.linear(x, weight.t() if transposed else weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: ANN001
+        x, weight, crow, col = ctx.saved_tensors
+        grad_x = grad_bias = grad_delta = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad_out @ (weight.t() if ctx.transposed else weight)
+        g2 = grad_out.reshape(-1, grad_out.shape[-1])
+        if ctx.needs_input_grad[2]:
+            grad_bias = g2.sum(0)
+        if ctx.needs_input_grad[3]:
+            x2 = x.reshape(-1, x.shape[-1])
+            rows_act, cols_act = (x2, g2) if ctx.transposed else (g2, x2)
+            grad_delta = sampled_dot(rows_act, cols_act, crow, col)
+            ctx.state.dirty = True
+        return grad_x, None, grad_bias, grad_delta, None, None, None, None
+
+
+class SpartaLinear(nn.Module):
+    """A Linear (or Conv1D) layer with a sparse trainable delta merged into its frozen weight.
+
+    The wrapped layer's own ``weight``/``bias`` Parameters are reused (no copy); the original module is kept
+    aside and put back by :meth:`restore`.
+    """
+
+    def __init__(
+        self, base: nn.Module, flat_indices: torch.Tensor, *, transposed: bool, delta_dtype: torch.dtype
+    ):
+        super().__init__()
+        object.__setattr__(self, "_base", base)  # hidden: not a submodule, no duplicate parameters
+        self.weight: nn.Parameter = base.weight
+        self.bias: nn.Parameter | None = base.bias
+        self.transposed = transposed
+        rows, cols = self.weight.shape
+        device = self.weight.device
+        flat = flat_indices.to(device=device, dtype=torch.int64)
+        nnz = flat.numel()
+        index_dtype = torch.int32 if max(nnz, rows, cols) < 2**31 - 1 else torch.int64
+        if device.type == "meta":
+            crow = torch.empty(rows + 1, dtype=index_dtype, device=device)
+            col = torch.empty(nnz, dtype=index_dtype, device=device)
+            orig = torch.empty(nnz, dtype=self.weight.dtype, device=device)
+        else:
+            counts = torch.bincount(flat // cols, minlength=rows)
+            crow = torch.zeros(rows + 1, dtype=torch.int64, device=device)
+            torch.cumsum(counts, 0, out=crow[1:])
+            crow = crow.to(index_dtype)
+            col = (flat % cols).to(index_dtype)
+            orig = self.weight.detach().reshape(-1)[flat].clone()
+        self.register_buffer("sparta_flat", flat, persistent=False)
+        self.register_buffer("sparta_crow", crow, persistent=False)
+        self.register_buffer("sparta_col", col, persistent=False)
+        self.register_buffer("sparta_orig", orig, persistent=False)
+        self.sparta_delta = nn.Parameter(torch.zeros(nnz, dtype=delta_dtype, device=device))
+        self._state = _SyncState()
+
+    @property
+    def base_layer(self) -> nn.Module:
+        return self._base
+
+    def extra_repr(self) -> str:
+        rows, cols = self.weight.shape
+        return f"weight={tuple(self.weight.shape)}, nnz={self.sparta_delta.numel()}, density={self.sparta_delta.numel() / (rows * cols):.4g}"
+
+    # -- keeping W = W0 + delta at phi -------------------------------------------------------------------------
+    def _sync_key(self) -> tuple[int, int, int]:
+        return (self.sparta_delta._version, self.sparta_delta.data_ptr(), self.weight.data_ptr())
+
+    def sync(self, force: bool = False) -> None:
+        """Rewrite W[phi] = W0[phi] + delta (computed in the delta's precision, then cast) if anything changed."""
+        if self._state.disabled or self.weight.device.type == "meta":
+            return
+        if not (force or self._state.dirty or self._state.key != self._sync_key()):
+            return
+        with torch.no_grad():
+            merged = (self.sparta_orig.to(self.sparta_delta.dtype) + self.sparta_delta).to(self.weight.dtype)
+            self.weight.view(-1).index_copy_(0, self.sparta_flat, merged)
+        self._state.dirty = False
+        self._state.key = self._sync_key()
+
+    def write_original(self) -> None:
+        """Put the exact pretrained values back at phi (the weight is then bitwise W0)."""
+        with torch.no_grad():
+            self.weight.view(-1).index_copy_(0, self.sparta_flat, self.sparta_orig)
+        self._state.key = None
+
+    def set_disabled(self, disabled: bool) -> None:
+        """Run as the base layer (W0) while disabled; re-merge the deltas when enabled again."""
+        if disabled and not self._state.disabled:
+            self.write_original()
+        self._state.disabled = disabled
+        if not disabled:
+            self.sync(force=True)
+
+    def restore(self) -> nn.Module:
+        """The original module, holding this layer's current Parameters (merged or not: see the caller)."""
+        base = self._base
+        base.weight = self.weight
+        if self.bias is not None or getattr(base, "bias", None) is not None:
+            base.bias = self.bias
+        return base
+
+    # -- forward -------------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._state.disabled:
+            weight = self.weight.t() if self.transposed else self.weight
+            return F.linear(x, weight, self.bias)
+        self.sync()
+        if not (self.sparta_delta.requires_grad and torch.is_grad_enabled()):
+            weight = self.weight.t() if self.transposed else self.weight
+            return F.linear(x, weight, self.bias)
+        return _SparseDeltaLinearFn.apply(
+            x,
+            self.weight,
+            self.bias,
+            self.sparta_delta,
+            self.sparta_crow,
+            self.sparta_col,
+            self.transposed,
+            self._state,
+        )
+
+
+class SparseVectorDelta(nn.Module):
+    """Parametrization of a 1-D parameter: ``W0.index_put(phi, W0[phi] + delta)``; W0 itself is never written."""
+
+    def __init__(self, original: torch.Tensor, flat_indices: torch.Tensor, *, delta_dtype: torch.dtype):
+        super().__init__()
+        flat = flat_indices.to(device=original.device, dtype=torch.int64)
+        self.register_buffer("sparta_flat", flat, persistent=False)
+        self.sparta_delta = nn.Parameter(torch.zeros(flat.numel(), dtype=delta_dtype, device=original.device))
+        self.disabled = False
+
+    def forward(self, original: torch.Tensor) -> torch.Tensor:
+        if self.disabled:
+            return original
+        values = (original[self.sparta_flat].to(self.sparta_delta.dtype) + self.sparta_delta).to(
+            original.dtype
+        )
+        return original.index_put((self.sparta_flat,), values)

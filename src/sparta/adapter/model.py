@@ -1,0 +1,316 @@
+"""Wrapping a whole model: choose targets, sample phi, swap in SpaRTA layers, and undo it all."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from sparta.adapter.config import ALL_LINEAR, SpartaConfig, _compile, _matches
+from sparta.adapter.fingerprint import model_fingerprint
+from sparta.adapter.layer import SparseVectorDelta, SpartaLinear
+from sparta.adapter.sampling import count_indices, sample_indices
+from sparta.errors import SpartaError
+
+try:  # GPT-2 style transposed linear layers
+    from transformers.pytorch_utils import Conv1D
+except ImportError:  # pragma: no cover - transformers is a dependency
+    Conv1D = ()  # type: ignore[assignment,misc]
+
+_LINEAR_TYPES = (nn.Linear, Conv1D) if Conv1D else (nn.Linear,)
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class AdaptedParam:
+    """One sparsely adapted tensor: `name` is the parameter's name in the base model."""
+
+    name: str
+    module_name: str
+    attr: str  # "weight" or "bias"
+    shape: tuple[int, ...]
+    density: float
+    kind: str  # "matrix" (SpartaLinear) or "vector" (SparseVectorDelta)
+
+
+def _block_module_names(model: nn.Module) -> set[str]:
+    """Names of modules that live inside a transformer block (a descendant of an nn.ModuleList)."""
+    inside: set[str] = set()
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList):
+            inside.update(f"{name}.{sub}" if sub else name for sub, _ in module.named_modules() if sub)
+    return inside
+
+
+def _is_head(name: str, heads: list[str]) -> bool:
+    return any(_matches(h, name) for h in heads)
+
+
+def find_targets(model: nn.Module, config: SpartaConfig) -> list[AdaptedParam]:
+    """The tensors SpaRTA adapts for `config`, in model order; a SpartaError if the targets match nothing."""
+    in_blocks = _block_module_names(model)
+    linear = [
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, _LINEAR_TYPES) and not _is_head(n, config.head_modules)
+    ]
+    if config.target_modules == ALL_LINEAR:
+        chosen = [(n, m) for n, m in linear if n in in_blocks]
+    elif isinstance(config.target_modules, list):
+        chosen = [(n, m) for n, m in linear if any(_matches(t, n) for t in config.target_modules)]
+        unmatched = [t for t in config.target_modules if not any(_matches(t, n) for n, _ in linear)]
+        if unmatched:
+            raise SpartaError(f"target_modules {unmatched} match no Linear module; {_available(linear)}")
+    else:
+        pattern = _compile(config.target_modules)
+        chosen = [(n, m) for n, m in linear if pattern.fullmatch(n)]
+    if not chosen:
+        raise SpartaError(
+            f"target_modules {config.target_modules!r} match no Linear module; {_available(linear)}"
+        )
+    targets = []
+    for name, module in chosen:
+        density = config.density_for(name)
+        targets.append(
+            AdaptedParam(f"{name}.weight", name, "weight", tuple(module.weight.shape), density, "matrix")
+        )
+        if config.include_biases and getattr(module, "bias", None) is not None:
+            targets.append(
+                AdaptedParam(f"{name}.bias", name, "bias", tuple(module.bias.shape), density, "vector")
+            )
+    if config.include_norms:
+        for name, module in model.named_modules():
+            weight = getattr(module, "weight", None)
+            is_norm = "norm" in type(module).__name__.lower()
+            if name in in_blocks and is_norm and isinstance(weight, nn.Parameter) and weight.dim() == 1:
+                density = config.density_for(name)
+                targets.append(
+                    AdaptedParam(f"{name}.weight", name, "weight", tuple(weight.shape), density, "vector")
+                )
+    return targets
+
+
+def _available(linear: list[tuple[str, nn.Module]]) -> str:
+    suffixes = sorted({re.sub(r"^.*\.", "", n) for n, _ in linear})
+    return f"Linear module names available: {', '.join(suffixes) or '(none)'}"
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+class SpartaModel(nn.Module):
+    """A transformers (or any torch) model with SpaRTA adapters; `forward` is the base model's forward."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: SpartaConfig,
+        *,
+        indices: dict[str, np.ndarray | torch.Tensor] | None = None,
+    ):
+        super().__init__()
+        self.base_model = model
+        self.sparta_config = config
+        # Expose the base model's forward signature (HF Trainer picks dataset columns from it).
+        self.forward = functools.partial(SpartaModel._forward, self)
+        with contextlib.suppress(TypeError, ValueError):
+            self.forward.__signature__ = inspect.signature(model.forward)
+        self.head_names = [n for n, _ in model.named_modules() if n and _is_head(n, config.head_modules)]
+        self.head_names = [
+            n for n in self.head_names if not any(n.startswith(f"{h}.") for h in self.head_names)
+        ]
+        self.base_fingerprint = model_fingerprint(model, exclude=self.head_names)
+        self._requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+        self.targets = find_targets(model, config)
+        delta_dtype = _DTYPES[config.delta_dtype]
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for target in self.targets:
+            module = model.get_submodule(target.module_name)
+            param = getattr(module, target.attr)
+            if indices is not None:
+                flat = torch.as_tensor(indices[target.name], dtype=torch.int64)
+            elif param.device.type == "meta":
+                # sizing only: the count is exact, the positions are not materialised
+                flat = torch.empty(
+                    count_indices(param.numel(), target.density, config.seed, target.name, target.shape),
+                    dtype=torch.int64,
+                    device="meta",
+                )
+            else:
+                flat = torch.from_numpy(
+                    sample_indices(param.numel(), target.density, config.seed, target.name, target.shape)
+                )
+            if target.kind == "matrix":
+                transposed = bool(Conv1D) and isinstance(module, Conv1D)
+                _set_module(
+                    model,
+                    target.module_name,
+                    SpartaLinear(module, flat, transposed=transposed, delta_dtype=delta_dtype),
+                )
+            else:
+                parametrize.register_parametrization(
+                    module, target.attr, SparseVectorDelta(param, flat, delta_dtype=delta_dtype), unsafe=True
+                )
+        self._head_original: dict[str, torch.Tensor] = {}
+        for head in self.head_names:
+            for pname, p in model.get_submodule(head).named_parameters():
+                self._head_original[f"{head}.{pname}"] = p.detach().clone()
+                p.requires_grad_(True)
+
+    # -- access ----------------------------------------------------------------------------------------------------
+    def _forward(self, *args, **kwargs):  # noqa: ANN002, ANN003
+        return self.base_model(*args, **kwargs)
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_model":
+                raise
+            return getattr(self.base_model, name)
+
+    def sparta_layers(self) -> Iterator[tuple[str, SpartaLinear]]:
+        for name, module in self.base_model.named_modules():
+            if isinstance(module, SpartaLinear):
+                yield name, module
+
+    def _vector_deltas(self) -> Iterator[tuple[AdaptedParam, SparseVectorDelta]]:
+        for target in self.targets:
+            if target.kind == "vector":
+                module = self.base_model.get_submodule(target.module_name)
+                yield target, module.parametrizations[target.attr][0]
+
+    def delta_parameters(self) -> dict[str, nn.Parameter]:
+        """{adapted parameter name: its delta}, in model order."""
+        out: dict[str, nn.Parameter] = {}
+        for target in self.targets:
+            module = self.base_model.get_submodule(target.module_name)
+            if target.kind == "matrix":
+                out[target.name] = module.sparta_delta
+            else:
+                out[target.name] = module.parametrizations[target.attr][0].sparta_delta
+        return out
+
+    def delta_indices(self) -> dict[str, torch.Tensor]:
+        """{adapted parameter name: sorted flat int64 positions phi}."""
+        out: dict[str, torch.Tensor] = {}
+        for target in self.targets:
+            module = self.base_model.get_submodule(target.module_name)
+            if target.kind == "matrix":
+                out[target.name] = module.sparta_flat
+            else:
+                out[target.name] = module.parametrizations[target.attr][0].sparta_flat
+        return out
+
+    def head_parameters(self) -> dict[str, nn.Parameter]:
+        return {name: self.base_model.get_parameter(name) for name in self._head_original}
+
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        """(trainable, all): trainable are the deltas and the head; all counts the base model plus the deltas."""
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        base = sum(p.numel() for n, p in self.base_model.named_parameters() if "sparta_delta" not in n)
+        deltas = sum(p.numel() for p in self.delta_parameters().values())
+        return trainable, base + deltas
+
+    def print_trainable_parameters(self) -> None:
+        trainable, total = self.get_nb_trainable_parameters()
+        print(
+            f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
+        )
+
+    # -- weights ---------------------------------------------------------------------------------------------------
+    def sync_weights(self) -> None:
+        """Re-merge every delta now (forward does this lazily after each optimizer step)."""
+        for _, layer in self.sparta_layers():
+            layer.sync(force=True)
+
+    @contextlib.contextmanager
+    def disable_adapter(self) -> Iterator[None]:
+        """Run the base model: pretrained weights at phi and the original head, restored on exit."""
+        layers = [layer for _, layer in self.sparta_layers()]
+        vectors = [v for _, v in self._vector_deltas()]
+        heads = self.head_parameters()
+        trained = {n: p.detach().clone() for n, p in heads.items()}
+        try:
+            for layer in layers:
+                layer.set_disabled(True)
+            for v in vectors:
+                v.disabled = True
+            with torch.no_grad():
+                for n, p in heads.items():
+                    p.copy_(self._head_original[n])
+            yield
+        finally:
+            with torch.no_grad():
+                for n, p in heads.items():
+                    p.copy_(trained[n])
+            for v in vectors:
+                v.disabled = False
+            for layer in layers:
+                layer.set_disabled(False)
+
+    def _detach_adapters(self, merge: bool) -> nn.Module:
+        model = self.base_model
+        for name, layer in list(self.sparta_layers()):
+            if merge:
+                layer.sync(force=True)
+            else:
+                layer.write_original()
+            _set_module(model, name, layer.restore())
+        for target in self.targets:
+            if target.kind == "vector":
+                module = model.get_submodule(target.module_name)
+                if parametrize.is_parametrized(module, target.attr):
+                    parametrize.remove_parametrizations(module, target.attr, leave_parametrized=merge)
+        if not merge:
+            with torch.no_grad():
+                for n, p in self.head_parameters().items():
+                    p.copy_(self._head_original[n])
+        for n, p in model.named_parameters():
+            p.requires_grad_(self._requires_grad.get(n, False))
+        return model
+
+    def merge_and_unload(self) -> nn.Module:
+        """The base model with the deltas merged into its weights and the trained head: a plain transformers model."""
+        return self._detach_adapters(merge=True)
+
+    def unload(self) -> nn.Module:
+        """The base model with its exact pretrained weights (and original head) back."""
+        return self._detach_adapters(merge=False)
+
+    # -- files -----------------------------------------------------------------------------------------------------
+    def save_pretrained(
+        self, path: str | Path, index_format: str = "seed", delta_dtype: str = "float32"
+    ) -> Path:
+        from sparta.adapter.io import save_adapter
+
+        return save_adapter(self, Path(path), index_format=index_format, delta_dtype=delta_dtype)
+
+    @classmethod
+    def from_pretrained(
+        cls, base_model: nn.Module, path: str | Path, *, is_trainable: bool = False
+    ) -> SpartaModel:
+        from sparta.adapter.io import load_adapter
+
+        return load_adapter(base_model, Path(path), is_trainable=is_trainable)
+
+
+def get_sparta_model(model: nn.Module, config: SpartaConfig) -> SpartaModel:
+    """Wrap `model` with SpaRTA adapters as `config` describes (the model is modified in place)."""
+    if isinstance(model, SpartaModel):
+        raise SpartaError(
+            "the model already carries a SpaRTA adapter; call merge_and_unload() or unload() first"
+        )
+    return SpartaModel(model, config)
