@@ -18,9 +18,9 @@ def _value_hash(param: torch.Tensor) -> str | None:
     if param.device.type == "meta" or param.numel() == 0:
         return None
     flat = param.detach().reshape(-1)
-    positions = torch.linspace(
-        0, flat.numel() - 1, steps=min(_SAMPLES, flat.numel()), device=flat.device
-    ).long()
+    k = min(_SAMPLES, flat.numel())
+    # exact integer strides (a float linspace can round past the end)
+    positions = torch.arange(k, device=flat.device) * (flat.numel() - 1) // max(k - 1, 1)
     values = flat[positions].to(torch.bfloat16).float().cpu().numpy()
     return hashlib.sha256(values.tobytes()).hexdigest()[:12]
 

@@ -1,0 +1,186 @@
+"""Loading a task's train/dev/test splits, as in Table 2 of the paper, from local files or the Hugging Face hub."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from sparta.errors import SpartaError
+from sparta.tasks.files import read_records
+from sparta.tasks.specs import TaskSpec, get_task
+
+SPLIT_SEED = 20240901  # fixed: the dev carve and eval subsets do not depend on the training seed
+HUB = "hub"  # data_dir value that forces loading from the Hugging Face hub
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
+    """The local data folder: ``data_dir``, else $SPARTA_DATA_DIR, else ../shared/data beside the working dir or the
+    repository; None means the Hugging Face hub (also forced by ``data_dir="hub"``)."""
+    given = data_dir if data_dir is not None else os.environ.get("SPARTA_DATA_DIR") or None
+    if given is not None:
+        if str(given) == HUB:
+            return None
+        if not Path(given).is_dir():
+            raise SpartaError(
+                f"data dir {given} is not a folder; pass --data-dir DIR holding <task>/<split>.jsonl.gz"
+            )
+        return Path(given)
+    for base in (Path.cwd(), REPO_ROOT):
+        if (base.parent / "shared" / "data").is_dir():
+            return (base.parent / "shared" / "data").resolve()
+    return None
+
+
+def load_splits(
+    task: str | TaskSpec,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    seed: int = 0,
+    max_train_samples: int | None = None,
+    max_eval_samples: int | None = None,
+) -> dict[str, list[dict]]:
+    """Return {"train", "dev", "test"} lists of examples (dicts with the text fields and an int "label").
+
+    Dev is carved with a fixed seed from train (IMDB: from test) unless the task has dev files; train is then capped
+    at ``task.train_cap``. ``max_train_samples`` keeps a subset of train drawn with ``seed``; ``max_eval_samples``
+    keeps a fixed-seed subset of dev and of test. Every list keeps the file order. Over-long examples are dropped
+    separately, with :func:`filter_by_length`, as that needs the tokenizer.
+    """
+    task = get_task(task)
+    for name, n in (("max_train_samples", max_train_samples), ("max_eval_samples", max_eval_samples)):
+        if n is not None and n < 1:
+            raise SpartaError(f"{name} must be a positive number, got {n}")
+    read = _reader(task, data_dir)
+    train, test = read(task.train_splits), read(task.test_splits)
+    if task.dev_splits:
+        dev = read(task.dev_splits)
+    elif task.dev_from == "test":
+        dev, test = _carve(test, task.dev_size, f"{task.name} test")
+    else:
+        dev, train = _carve(train, task.dev_size, f"{task.name} train")
+    train = _subset(train, task.train_cap, SPLIT_SEED)
+    if max_train_samples is not None:
+        train = _subset(train, max_train_samples, seed)
+    if max_eval_samples is not None:
+        dev, test = (
+            _subset(dev, max_eval_samples, SPLIT_SEED + 1),
+            _subset(test, max_eval_samples, SPLIT_SEED + 2),
+        )
+    return {"train": train, "dev": dev, "test": test}
+
+
+def filter_by_length(
+    task: str | TaskSpec,
+    examples: list[dict],
+    tokenizer,
+    *,
+    instruct: bool = False,
+    template: str | None = None,
+    max_length: int | None = None,
+) -> list[dict]:
+    """Drop examples whose formatted input is longer than ``max_length`` (default ``task.max_length``) tokens,
+    as the paper does for training data. Tokenized as the trainer should: special tokens added for base models,
+    none for instruct models (the chat template already holds them)."""
+    from sparta.tasks.prompts import format_input
+
+    task = get_task(task)
+    limit = max_length or task.max_length
+    texts = [format_input(task, ex, tokenizer, instruct=instruct, template=template) for ex in examples]
+    ids = tokenizer(texts, add_special_tokens=not instruct)["input_ids"] if texts else []
+    return [ex for ex, t in zip(examples, ids, strict=True) if len(t) <= limit]
+
+
+def _reader(task: TaskSpec, data_dir):
+    """A function reading the named splits, concatenated, with labels normalised."""
+    hub = f"{task.hf_path}" + (f" ({task.hf_name})" if task.hf_name else "")
+    root = None if task.data_files else resolve_data_dir(data_dir)
+    if task.data_files:
+        files = dict(task.data_files)
+
+        def load(split: str) -> tuple[list[dict], object]:
+            return (read_records(files[split]), files[split]) if split in files else ([], "")
+    elif root is None:
+
+        def load(split: str) -> tuple[list[dict], object]:
+            return _hub(task, split, hub), f"{hub} {split}"
+    else:
+        needed = [
+            root / task.name / f"{s}.jsonl.gz"
+            for s in (*task.train_splits, *task.dev_splits, *task.test_splits)
+        ]
+        missing = [str(p) for p in needed if not p.is_file()]
+        if missing:
+            raise SpartaError(
+                f"{task.name}: data file(s) not found: {', '.join(missing)}. Pass --data-dir DIR holding "
+                f"{task.name}/<split>.jsonl.gz, or --data-dir {HUB} to download {hub} from the Hugging Face hub"
+            )
+
+        def load(split: str) -> tuple[list[dict], object]:
+            path = root / task.name / f"{split}.jsonl.gz"
+            return read_records(path), path
+
+    def read(splits: tuple[str, ...]) -> list[dict]:
+        out = []
+        for split in splits:
+            rows, source = load(split)
+            out += [_normalise(task, r, source) for r in rows]
+        return out
+
+    return read
+
+
+def _hub(task: TaskSpec, split: str, name: str) -> list[dict]:
+    try:
+        import datasets
+    except ImportError as e:
+        raise SpartaError(
+            f"loading {name} from the hub needs `pip install datasets`; or pass --data-dir DIR"
+        ) from e
+    try:
+        return datasets.load_dataset(task.hf_path, task.hf_name, split=split).to_list()
+    except Exception as e:  # network, auth and missing-dataset errors all mean the same to the user
+        raise SpartaError(
+            f"could not load {name} split {split!r} from the Hugging Face hub ({type(e).__name__}: {str(e)[:200]}); "
+            f"pass --data-dir DIR holding {task.name}/{split}.jsonl.gz"
+        ) from e
+
+
+def _normalise(task: TaskSpec, row: dict, source) -> dict:
+    """Check the fields and set an int "label" in range(num_labels)."""
+    for col in (*task.text_fields, task.label_field):
+        if col not in row:
+            raise SpartaError(
+                f"{source}: field {col!r} not found; the fields are {', '.join(map(repr, row))}"
+            )
+    raw = row[task.label_field]
+    try:
+        label = task.label_values.index(str(raw)) if task.label_values else int(raw)
+    except (TypeError, ValueError):
+        raise SpartaError(
+            f"{source}: label {raw!r} is not one of the task's labels {list(task.label_names)}"
+        ) from None
+    if not 0 <= label < task.num_labels:
+        raise SpartaError(
+            f"{source}: label {raw!r} out of range for {task.num_labels} labels {list(task.label_names)}"
+        )
+    return {**row, "label": label}
+
+
+def _carve(rows: list[dict], n: int, what: str) -> tuple[list[dict], list[dict]]:
+    """Split off ``n`` rows drawn with the fixed split seed: (carved, rest), both in file order."""
+    if n >= len(rows):
+        raise SpartaError(
+            f"cannot carve {n} dev examples from the {len(rows)} examples of {what}; set a smaller dev_size"
+        )
+    perm = np.random.default_rng(SPLIT_SEED).permutation(len(rows))
+    return [rows[i] for i in sorted(perm[:n])], [rows[i] for i in sorted(perm[n:])]
+
+
+def _subset(rows: list[dict], n: int, seed: int) -> list[dict]:
+    """``n`` rows drawn with ``seed`` (nested: a smaller n gives a subset), in file order."""
+    if n >= len(rows):
+        return rows
+    return [rows[i] for i in sorted(np.random.default_rng(seed).permutation(len(rows))[:n])]
