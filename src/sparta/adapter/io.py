@@ -13,6 +13,7 @@ Delta values (and the head) are stored in float32, bfloat16 or float16.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -73,6 +74,10 @@ def _decode_indices(
 ) -> torch.Tensor:
     shape = tuple(meta["shape"])
     count = int(meta["count"])
+    if not 0 <= count <= int(np.prod(shape)):
+        raise SpartaError(
+            f"adapter config is corrupt: {name!r} claims {count} positions in a tensor of shape {shape}"
+        )
     if index_format == "seed":
         flat = torch.from_numpy(
             sample_indices(int(np.prod(shape)), float(meta["density"]), config.seed, name, shape)
@@ -156,10 +161,12 @@ def save_adapter(
             "fingerprint": model.base_fingerprint,
         },
     }
-    _atomic_write(
-        path / WEIGHTS_NAME,
-        lambda tmp: save_file(tensors, tmp, metadata={"format": "pt", "adapter": "sparta"}),
-    )
+
+    def write_weights(tmp: str) -> None:
+        save_file(tensors, tmp, metadata={"format": "pt", "adapter": "sparta"})
+        document["weights_sha256"] = _sha256(Path(tmp))
+
+    _atomic_write(path / WEIGHTS_NAME, write_weights)
     _atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(document, indent=1)))
     return path
 
@@ -189,10 +196,24 @@ def read_adapter_config(path: Path) -> dict:
     return document
 
 
-def _open_weights(path: Path) -> Any:
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _open_weights(path: Path, document: dict) -> Any:
     weights = path / WEIGHTS_NAME
     if not weights.is_file():
         raise SpartaError(f"{str(path)!r} is not a complete SpaRTA adapter: {WEIGHTS_NAME} is missing")
+    expected = document.get("weights_sha256")
+    if expected and _sha256(weights) != expected:
+        raise SpartaError(
+            f"{weights} is corrupt or truncated (its SHA-256 does not match adapter_config.json); "
+            "re-save or re-download the adapter"
+        )
     try:
         return safe_open(str(weights), framework="pt")
     except Exception as err:
@@ -210,50 +231,63 @@ def _indices_for(document: dict, reader: Any) -> dict[str, torch.Tensor]:
 
 
 def load_adapter(base_model: nn.Module, path: Path, *, is_trainable: bool = False) -> SpartaModel:
-    """Wrap `base_model` with the adapter saved in `path`, after checking it is the adapter's base model."""
-    from sparta.adapter.model import SpartaModel, _is_head
+    """Wrap `base_model` with the adapter saved in `path`, after checking it is the adapter's base model.
+
+    Everything is read and validated before the model is touched: a bad adapter leaves `base_model` as it was.
+    """
+    from sparta.adapter.model import SpartaModel, _is_head, find_targets
 
     document = read_adapter_config(path)
     try:
         config = SpartaConfig.from_dict(document["config"])
-    except TypeError as err:
-        raise SpartaError(f"{path / CONFIG_NAME} is corrupt: {err}") from None
+        saved = {
+            name: (tuple(meta["shape"]), float(meta["density"])) for name, meta in document["params"].items()
+        }
+        saved_heads = {name: tuple(shape) for name, shape in document["heads"].items()}
+        expected_fingerprint = document["base_model"].get("fingerprint") or {}
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
+        raise SpartaError(f"{path / CONFIG_NAME} is corrupt ({type(err).__name__}: {err})") from None
     heads = [n for n, _ in base_model.named_modules() if n and _is_head(n, config.head_modules)]
-    fingerprint = model_fingerprint(base_model, exclude=heads)
-    check_fingerprint(
-        document["base_model"].get("fingerprint") or {}, fingerprint, required=document["params"]
-    )
-    reader = _open_weights(path)
-    indices = _indices_for(document, reader)
-    model = SpartaModel(base_model, config, indices=indices)
-    if [t.name for t in model.targets] != list(document["params"]):
+    check_fingerprint(expected_fingerprint, model_fingerprint(base_model, exclude=heads), required=saved)
+    found = {t.name: (t.shape, t.density) for t in find_targets(base_model, config)}
+    if found != saved:
         raise SpartaError(
             f"the adapter's targets do not match what its config selects on this model "
-            f"({len(document['params'])} saved, {len(model.targets)} found); is this the right base model?"
+            f"({len(saved)} saved, {len(found)} found); is this the right base model?"
         )
+    model_heads = {f"{h}.{n}": p for h in heads for n, p in base_model.get_submodule(h).named_parameters()}
+    for name, shape in saved_heads.items():
+        if name not in model_heads:
+            raise SpartaError(
+                f"the adapter has a head {name!r} but the base model has none; load a model with that head"
+            )
+        if tuple(model_heads[name].shape) != shape:
+            raise SpartaError(
+                f"head {name!r} has shape {shape} in the adapter but {tuple(model_heads[name].shape)} in the "
+                f"model: load the base model with num_labels={shape[0]}"
+            )
+    reader = _open_weights(path, document)
+    indices = _indices_for(document, reader)
+    deltas = {name: _read(reader, f"delta/{name}") for name in saved}
+    for name, values in deltas.items():
+        if values.dim() != 1 or values.numel() != indices[name].numel():
+            raise SpartaError(
+                f"adapter file is corrupt: delta of {name!r} has {values.numel()} values for {indices[name].numel()} indices"
+            )
+    head_values = {name: _read(reader, f"head/{name}") for name in saved_heads}
+    for name, values in head_values.items():
+        if tuple(values.shape) != saved_heads[name]:
+            raise SpartaError(f"adapter file is corrupt: head {name!r} has shape {tuple(values.shape)}")
+
+    model = SpartaModel(base_model, config, indices=indices)
     with torch.no_grad():
         for name, delta in model.delta_parameters().items():
-            values = _read(reader, f"delta/{name}")
-            if values.shape != delta.shape:
-                raise SpartaError(
-                    f"adapter file is corrupt: delta of {name!r} has {values.numel()} values, expected {delta.numel()}"
-                )
-            delta.copy_(values.to(delta.dtype))
+            delta.copy_(deltas[name].to(delta.dtype))
             delta.requires_grad_(is_trainable)
-        saved_heads = document["heads"]
-        model_heads = model.head_parameters()
-        for name, shape in saved_heads.items():
-            if name not in model_heads:
-                raise SpartaError(
-                    f"the adapter has a head {name!r} but the base model has none; load a model with that head"
-                )
-            if list(model_heads[name].shape) != list(shape):
-                raise SpartaError(
-                    f"head {name!r} has shape {tuple(shape)} in the adapter but {tuple(model_heads[name].shape)} in the "
-                    f"model: load the base model with num_labels={shape[0]}"
-                )
-            model_heads[name].copy_(_read(reader, f"head/{name}").to(model_heads[name].dtype))
-            model_heads[name].requires_grad_(is_trainable)
+        for name, p in model.head_parameters().items():
+            if name in head_values:
+                p.copy_(head_values[name].to(p.dtype))
+            p.requires_grad_(is_trainable)
     model.sync_weights()
     return model
 
@@ -261,7 +295,7 @@ def load_adapter(base_model: nn.Module, path: Path, *, is_trainable: bool = Fals
 def iter_dense_deltas(path: Path) -> Iterator[tuple[str, tuple[int, ...], torch.Tensor]]:
     """(parameter name, shape, dense float32 delta) for every adapted tensor, without needing the base model."""
     document = read_adapter_config(Path(path))
-    reader = _open_weights(Path(path))
+    reader = _open_weights(Path(path), document)
     indices = _indices_for(document, reader)
     for name, meta in document["params"].items():
         shape = tuple(meta["shape"])

@@ -1,0 +1,40 @@
+"""`sparta rank`: ranks of weight changes between a base model and a fine-tune or adapter (paper Appendix A)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from sparta.analysis.rank import RULES, delta_ranks
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "rank",
+        help="ranks of W_ft - W_base per weight matrix (full fine-tunes, PEFT LoRA or SpaRTA adapters)",
+        description="Rank of the change of every 2-D weight between BASE and FINETUNED (Hugging Face model "
+        "directories with safetensors, sharded or not), grouped like the paper's Tables 7-8. FINETUNED may also "
+        "be a PEFT LoRA adapter (rank of B A x scaling, at most r) or a SpaRTA adapter directory.",
+    )
+    p.add_argument("base", help="base (pre-trained) model directory")
+    p.add_argument("finetuned", help="fine-tuned model directory, or a LoRA / SpaRTA adapter directory")
+    p.add_argument(
+        "--tol",
+        type=float,
+        help="relative tolerance: singular values <= TOL x sigma_max count as zero (default: the --rule)",
+    )
+    p.add_argument(
+        "--rule",
+        choices=RULES,
+        default="torch",
+        help="default tolerance: 'torch' = max(rows, cols) x eps(float32) x sigma_max (torch's matrix_rank default, "
+        "as the paper); 'storage' = ignore what rounding W_ft to its stored dtype can explain (full models only)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    report = delta_ranks(args.base, args.finetuned, rule=args.rule, tol=args.tol)
+    print(json.dumps(report.to_dict(), indent=1) if args.json else report.format())
+    return 0
