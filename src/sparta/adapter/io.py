@@ -91,9 +91,16 @@ def _decode_indices(
     if index_format == "flat32":
         flat = _read(reader, f"index/{name}").to(torch.int64)
     else:
+        coords = [_read(reader, f"index{dim}/{name}").to(torch.int64) for dim in range(len(shape))]
+        if any(c.dim() != 1 or c.numel() != count for c in coords):
+            raise SpartaError(
+                f"adapter file is corrupt: the coordinates of {name!r} do not have {count} entries"
+            )
         flat = torch.zeros(count, dtype=torch.int64)
-        for dim, size in enumerate(shape):
-            flat = flat * size + _read(reader, f"index{dim}/{name}").to(torch.int64)
+        for coord, size in zip(coords, shape, strict=True):
+            if count and (int(coord.min()) < 0 or int(coord.max()) >= size):
+                raise SpartaError(f"adapter file is corrupt: a coordinate of {name!r} is out of range")
+            flat = flat * size + coord
     n = int(np.prod(shape))
     if flat.dim() != 1 or flat.numel() != count:
         raise SpartaError(
@@ -223,11 +230,14 @@ def _open_weights(path: Path, document: dict) -> Any:
 
 
 def _indices_for(document: dict, reader: Any) -> dict[str, torch.Tensor]:
-    config = SpartaConfig.from_dict(document["config"])
-    return {
-        name: _decode_indices(name, meta, document["index_format"], reader, config)
-        for name, meta in document["params"].items()
-    }
+    try:
+        config = SpartaConfig.from_dict(document["config"])
+        return {
+            name: _decode_indices(name, meta, document["index_format"], reader, config)
+            for name, meta in document["params"].items()
+        }
+    except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as err:
+        raise SpartaError(f"adapter config is corrupt ({type(err).__name__}: {err})") from None
 
 
 def load_adapter(base_model: nn.Module, path: Path, *, is_trainable: bool = False) -> SpartaModel:
