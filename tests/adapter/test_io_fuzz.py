@@ -6,10 +6,10 @@ import shutil
 
 import pytest
 import torch
-from conftest import tiny_classifier
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import tiny_classifier
 from sparta import SpartaConfig, SpartaError, SpartaModel, get_sparta_model
 from sparta.adapter.io import CONFIG_NAME, WEIGHTS_NAME
 

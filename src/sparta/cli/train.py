@@ -1,0 +1,36 @@
+"""`sparta train`: fine-tune a model for sequence classification with SpaRTA, LoRA, DoRA, head-only or full FT."""
+
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """examples:
+  sparta train --task sst2 --method sparta --density 0.005 --targets v_proj,o_proj \\
+      --max-train-samples 2000 --epochs 1 --batch-size 16 --lr 1e-4 --output runs/sst2-sparta
+  sparta train --config configs/sst2_lora.yaml --lr 2e-4 --output runs/sst2-lora
+  sparta train --task custom --train-file train.jsonl --test-file test.jsonl --method head --output runs/mine
+
+YAML keys are the long option names (dashes or underscores); flags given on the command line win.
+The output dir gets results.json, run.json, log.csv, tb/, tokenizer/ and adapter/ (full: model/)."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from sparta.train.config import add_train_arguments
+
+    parser = subparsers.add_parser(
+        "train",
+        help="fine-tune a classifier (sparta, lora, dora, head, full)",
+        description="Adapt a pretrained LM to sequence classification and write metrics and the adapter.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_train_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sparta.train import train
+    from sparta.train.config import config_from_args
+
+    train(config_from_args(args))
+    return 0

@@ -1,0 +1,132 @@
+"""Tiny stand-ins for the training tests: a word-level tokenizer, tiny Llama checkpoints and a toy JSONL task.
+
+The toy task is trivially learnable: label 1 iff the sentence contains "good" (else it contains "bad").
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+
+SPECIAL = ["<pad>", "<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+WORDS = [
+    "the",
+    "a",
+    "movie",
+    "film",
+    "plot",
+    "actor",
+    "was",
+    "is",
+    "very",
+    "quite",
+    "really",
+    "good",
+    "bad",
+    "Yes",
+    "No",
+    "user",
+    "assistant",
+    "system",
+    "Classify",
+    "following",
+    "text",
+    "Respond",
+    "with",
+    "0",
+    "or",
+    "1",
+    ".",
+    ",",
+    ":",
+    "!",
+    "?",
+    "story",
+    "music",
+    "scene",
+    "ending",
+]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+FILLER = [
+    "the",
+    "a",
+    "movie",
+    "film",
+    "plot",
+    "actor",
+    "story",
+    "music",
+    "scene",
+    "ending",
+    "was",
+    "is",
+    "very",
+    "quite",
+    "really",
+]
+
+
+def make_tokenizer(chat: bool):
+    """A word-level fast tokenizer (whitespace/punctuation split) with a dedicated pad token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(SPECIAL + WORDS)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
+    if chat:
+        tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def make_causal_lm(vocab_size: int, tied: bool, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
+        tie_word_embeddings=tied,
+    )
+    return LlamaForCausalLM(config)
+
+
+def save_model_dir(path: Path, chat: bool, tied: bool) -> Path:
+    """A local HF checkpoint dir (causal LM + tokenizer); with a chat template it counts as an instruct model."""
+    tok = make_tokenizer(chat)
+    model = make_causal_lm(len(tok), tied)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def toy_examples(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.randrange(2)
+        words = rng.sample(FILLER, rng.randint(2, 8))
+        words.insert(rng.randrange(len(words) + 1), "good" if label else "bad")
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
