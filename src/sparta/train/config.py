@@ -53,6 +53,8 @@ class TrainConfig:
     lora_r: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.1
+    save_index_format: str = "seed"  # sparta adapter files: seed | coo16 | flat32
+    save_delta_dtype: str = "float32"  # sparta adapter files: float32 | bfloat16 | float16
     # optimisation
     epochs: float = 1.0
     max_steps: int | None = None
@@ -105,6 +107,11 @@ class TrainConfig:
             (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
             (self.dropout is None or 0 <= self.dropout < 1, "dropout must be in [0, 1)"),
             (0 <= self.lora_dropout < 1, "lora_dropout must be in [0, 1)"),
+            (
+                self.save_index_format in ("seed", "coo16", "flat32"),
+                "save_index_format must be seed, coo16 or flat32",
+            ),
+            (self.save_delta_dtype in DTYPES, f"save_delta_dtype must be one of {', '.join(DTYPES)}"),
             (self.lora_r >= 1, "lora_r must be >= 1"),
             (self.eval_every is None or self.eval_every >= 1, "eval_every must be >= 1"),
             (self.log_every >= 1, "log_every must be >= 1"),
@@ -219,6 +226,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--lora-r", "LoRA/DoRA rank", type=int)
     add("--lora-alpha", "LoRA/DoRA alpha", type=float)
     add("--lora-dropout", "LoRA/DoRA dropout", type=float)
+    add(
+        "--save-index-format",
+        "SpaRTA adapter index encoding (seed: regenerated from the seed, no index bytes)",
+        choices=("seed", "coo16", "flat32"),
+    )
+    add("--save-delta-dtype", "SpaRTA adapter delta/head precision on disk", choices=DTYPES)
 
     group = parser.add_argument_group("optimisation")
     add("--epochs", "training epochs (fractions allowed)", type=float)

@@ -352,7 +352,7 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
         log(f"{s}: {_fmt(m)}")
 
     # save: adapter, tokenizer, run.json, results.json
-    adapter_path = M.save_adapter(model, cfg.method, output)
+    adapter_path = M.save_adapter(model, cfg.method, output, cfg)
     tokenizer.save_pretrained(str(output / TOKENIZER_DIR))
     run_info = {
         "format": RUN_FORMAT,

@@ -121,9 +121,16 @@ def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def save_adapter(model: nn.Module, method: str, output: Path) -> Path:
+def save_adapter(model: nn.Module, method: str, output: Path, cfg: TrainConfig | None = None) -> Path:
     """Save what the method trained under `output`; returns the file or folder written."""
-    if method in ("sparta", "lora", "dora"):
+    if method == "sparta":
+        path = output / ADAPTER_DIR
+        index_format = cfg.save_index_format if cfg else "seed"
+        model.save_pretrained(
+            path, index_format=index_format, delta_dtype=cfg.save_delta_dtype if cfg else "float32"
+        )
+        return path
+    if method in ("lora", "dora"):
         path = output / ADAPTER_DIR
         model.save_pretrained(str(path))
         return path
