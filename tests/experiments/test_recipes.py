@@ -1,0 +1,106 @@
+"""Every shipped recipe loads and expands to its documented cells at both scales; cells round-trip as CLI flags."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from sparta.errors import SpartaError
+from sparta.experiments import expand, list_recipes, load_recipe, train_argv
+from sparta.experiments.recipes import estimate_seconds, parse_overrides
+from sparta.train.config import add_train_arguments, config_from_args
+
+SHIPPED = {"imdb", "glue", "merging", "targeting", "density-sweep"}
+AVAILABLE = ("sst2", "cola", "mrpc", "rte", "imdb")
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    """A data dir holding (empty) files for the tasks whose data we ship, none for qnli/qqp/mnli."""
+    from sparta.tasks import get_task
+
+    for name in AVAILABLE:
+        spec = get_task(name)
+        (tmp_path / name).mkdir()
+        for split in (*spec.train_splits, *spec.dev_splits, *spec.test_splits):
+            (tmp_path / name / f"{split}.jsonl.gz").touch()
+    return tmp_path
+
+
+def test_all_documented_recipes_ship():
+    assert set(list_recipes()) >= SHIPPED
+
+
+@pytest.mark.parametrize("scale", ["cpu", "paper"])
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_recipe_expands_to_rows_x_tasks_x_seeds(name, scale, data_dir, tmp_path):
+    recipe = load_recipe(name)
+    cells, skipped = expand(recipe, scale, overrides={"data_dir": str(data_dir)})
+    tasks = [t for t in recipe.tasks if t in AVAILABLE]
+    assert set(skipped) == set(recipe.tasks) - set(tasks)
+    seeds = recipe.scale(scale)["seeds"]
+    assert [c.key for c in cells] == [f"{t}/{r}/seed{s}" for t in tasks for r in recipe.rows for s in seeds]
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    for cell in cells:
+        cfg = cell.config(tmp_path)
+        assert config_from_args(parser.parse_args(train_argv(cfg))) == cfg, cell.key
+        assert cfg.model == recipe.scale(scale)["model"] and cfg.seed == cell.seed
+        assert estimate_seconds(cell, recipe.scale(scale).get("tokens_per_example")) > 0
+    if scale == "cpu":
+        total = sum(estimate_seconds(c, recipe.scale(scale).get("tokens_per_example")) for c in cells)
+        assert total < 75 * 60, f"{name}: cpu scale estimated at {total / 60:.0f} min"
+
+
+def test_glue_skips_missing_tasks_with_a_note(data_dir):
+    cells, skipped = expand(load_recipe("glue"), "cpu", overrides={"data_dir": str(data_dir)})
+    assert set(skipped) == {"qnli", "qqp", "mnli"} and all(
+        "train.jsonl.gz" in why for why in skipped.values()
+    )
+    assert {c.task for c in cells} == {"rte", "sst2", "mrpc", "cola"}
+
+
+def test_paper_scale_uses_per_model_settings(data_dir):
+    recipe = load_recipe("imdb")
+    cells, _ = expand(recipe, "paper", model="mistral-7b-it", overrides={"data_dir": str(data_dir)})
+    by_row = {c.row: c.settings for c in cells}
+    assert (
+        by_row["full"]["lr"] == 3e-6
+        and by_row["full"]["batch_size"] == 36
+        and by_row["full"]["dropout"] == 0.15
+    )
+    assert by_row["lora"]["max_grad_norm"] is None and by_row["sparta-5"]["lr"] == 2e-6
+    gemma, _ = expand(recipe, "paper", overrides={"data_dir": str(data_dir)})
+    assert {c.row: c.settings for c in gemma}["full"]["lr"] == 1e-5
+
+
+def test_only_seeds_and_bad_names(data_dir):
+    recipe = load_recipe("density-sweep")
+    cells, _ = expand(recipe, "cpu", seeds=[3], only=["lora", "head"], overrides={"data_dir": str(data_dir)})
+    assert [c.key for c in cells] == ["sst2/lora/seed3", "sst2/head/seed3"]
+    with pytest.raises(SpartaError, match="no row nosuch"):
+        expand(recipe, "cpu", only=["nosuch"])
+    with pytest.raises(SpartaError, match="unknown experiment"):
+        load_recipe("nosuch")
+    with pytest.raises(SpartaError, match="unknown setting"):
+        expand(recipe, "cpu", overrides={"data_dir": str(data_dir), "nosuch": 1})
+    assert parse_overrides(["device=cuda", "lr=1e-3", "max-steps=5"]) == {
+        "device": "cuda",
+        "lr": 1e-3,
+        "max_steps": 5,
+    }
+    with pytest.raises(SpartaError, match="key=value"):
+        parse_overrides(["lr"])
+
+
+def test_budget_rows_get_equal_delta_counts(toy):
+    from sparta.experiments.recipes import Cell, resolve_budgets, target_sizes
+
+    cells = [Cell("t", name, 0, name, {"model": str(toy["model"]), "method": "sparta", "targets": targets}, 0.01)
+             for name, targets in (("all", ["all-linear"]), ("k", ["k_proj"]), ("vo", ["v_proj", "o_proj"]))]  # fmt: skip
+    resolve_budgets(cells)
+    sizes = target_sizes(str(toy["model"]), [["all-linear"], ["k_proj"], ["v_proj", "o_proj"]])
+    assert cells[0].settings["density"] == pytest.approx(0.01)
+    for cell, size in zip(cells, sizes, strict=True):
+        assert cell.settings["density"] * size == pytest.approx(0.01 * sizes[0])

@@ -1,0 +1,87 @@
+"""A tiny grid end to end: run, skip finished cells, resume after an interruption, subprocess isolation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sparta.experiments import build_report, load_recipe, run_experiment
+from sparta.train import train
+
+KEYS = ["toy/sparta/seed0", "toy/sparta/seed1", "toy/head/seed0", "toy/head/seed1"]
+
+
+def test_grid_runs_then_skips_every_finished_cell(recipe_file, tmp_path):
+    recipe = load_recipe(recipe_file)
+    out = tmp_path / "out"
+    summary = run_experiment(recipe, "cpu", out, isolation="process", log=lambda m: None)
+    assert summary.ran == KEYS and not summary.failed
+    for key in KEYS:
+        results = json.loads((out / key / "results.json").read_text())
+        assert results["steps"] == 2 and results["config"]["seed"] == int(key[-1])
+        assert results["method"] == key.split("/")[1]
+    mtimes = {k: (out / k / "results.json").stat().st_mtime_ns for k in KEYS}
+
+    def no_training(cfg, log=print):
+        raise AssertionError(f"{cfg.output} was trained again")
+
+    again = run_experiment(recipe, "cpu", out, isolation="process", train_fn=no_training, log=lambda m: None)
+    assert again.ran == [] and sorted(again.skipped) == sorted(KEYS)
+    assert mtimes == {k: (out / k / "results.json").stat().st_mtime_ns for k in KEYS}
+
+    text = build_report(recipe, "cpu", out)
+    assert "| SpaRTA 20% (n=2) |" in text and "| Head (n=2) |" in text and "toy loss" in text
+    assert "Paper (Table X, " in build_report(recipe, "cpu", out, model="paper-model")
+    for name in ("density.png", "losses.png", "efficiency.png"):
+        png = out / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    assert len((out / "cells.csv").read_text().strip().splitlines()) == 1 + len(KEYS)
+
+
+def test_interrupted_grid_resumes_with_the_cells_left(recipe_file, tmp_path):
+    recipe = load_recipe(recipe_file)
+    out = tmp_path / "out"
+    calls: list[str] = []
+
+    def interrupted(cfg, log=print):
+        calls.append(cfg.output)
+        if len(calls) == 3:
+            (out / "toy/head/seed0" / "log.csv").write_text("partial")  # a half-written cell
+            raise KeyboardInterrupt
+        return train(cfg, log=log)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(recipe, "cpu", out, isolation="process", train_fn=interrupted, log=lambda m: None)
+    assert [(out / k / "results.json").is_file() for k in KEYS] == [True, True, False, False]
+
+    resumed: list[str] = []
+
+    def counting(cfg, log=print):
+        resumed.append(cfg.output)
+        return train(cfg, log=log)
+
+    summary = run_experiment(recipe, "cpu", out, isolation="process", train_fn=counting, log=lambda m: None)
+    assert summary.ran == KEYS[2:] and sorted(summary.skipped) == sorted(KEYS[:2])
+    assert resumed == [str(out / k) for k in KEYS[2:]]
+    assert not (out / "toy/head/seed0" / "log.csv").read_text().startswith("partial")
+
+
+def test_a_cell_runs_as_sparta_train_in_a_subprocess(recipe_file, tmp_path):
+    recipe = load_recipe(recipe_file)
+    out = tmp_path / "out"
+    summary = run_experiment(recipe, "cpu", out, only=["head"], seeds=[1], log=lambda m: None)
+    assert summary.ran == ["toy/head/seed1"], summary.failed
+    cell = out / "toy/head/seed1"
+    assert json.loads((cell / "results.json").read_text())["method"] == "head"
+    assert (cell / "train.log").read_text().startswith("sparta train --task custom --method head")
+
+
+def test_a_failing_cell_is_reported_and_the_grid_goes_on(recipe_file, tmp_path):
+    recipe = load_recipe(recipe_file)
+    out = tmp_path / "out"
+    summary = run_experiment(recipe, "cpu", out, only=["sparta"], seeds=[0], overrides={"targets": ["nosuch"]},
+                             log=lambda m: None)  # fmt: skip
+    assert (
+        list(summary.failed) == ["toy/sparta/seed0"] and "exit code 2" in summary.failed["toy/sparta/seed0"]
+    )
