@@ -30,8 +30,12 @@ test: lint
 demo: setup
 	$(PY) -m sparta.demo
 
+# peft-sparta==0.0.3 (a baseline) goes into bench/.deps (pip --target, --no-deps: its requirements torch,
+# transformers and safetensors are already pinned in .venv), so .venv keeps exactly its pinned packages.
+BENCH_ARGS ?=
 bench: setup
-	$(PY) bench/run.py
+	test -d bench/.deps/peft_sparta || $(PIP) install --no-deps --target bench/.deps peft-sparta==0.0.3
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build dist src/*.egg-info .pytest_cache .ruff_cache

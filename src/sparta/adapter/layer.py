@@ -30,21 +30,55 @@ warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta 
 _SAMPLED_DTYPES = (torch.float32, torch.float64)
 
 
+def _operand(act: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The contiguous (K, N) transpose of an (N, K) activation, in `dtype`."""
+    return act.t().to(dtype).contiguous()
+
+
+class _InputTransposeCache:
+    """One-slot cache of the transposed layer input: q/k/v (and gate/up) share one input, so their backward
+    passes reuse a single copy. It keeps a reference to the source, so its memory cannot be reused by another
+    tensor while cached; the key includes the version counter, so an in-place change is a miss."""
+
+    def __init__(self) -> None:
+        self.entry: tuple[torch.Tensor, tuple, torch.Tensor] | None = None
+
+    def get(self, act: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        key = (act.data_ptr(), act.shape, act.stride(), act._version, act.device, dtype)
+        if self.entry is not None and self.entry[1] == key:
+            return self.entry[2]
+        out = _operand(act, dtype)
+        self.entry = (act, key, out)
+        return out
+
+    def clear(self) -> None:
+        self.entry = None
+
+
+_INPUT_CACHE = _InputTransposeCache()
+
+
 def sampled_dot(
-    row_act: torch.Tensor, col_act: torch.Tensor, crow: torch.Tensor, col: torch.Tensor
+    row_act: torch.Tensor,
+    col_act: torch.Tensor,
+    crow: torch.Tensor,
+    col: torch.Tensor,
+    *,
+    cached: str | None = None,
 ) -> torch.Tensor:
     """For each (i, j) of the CSR pattern (crow, col): ``sum_n row_act[n, i] * col_act[n, j]``.
 
     `row_act` is (N, R) and `col_act` is (N, C). Computed with `torch.sparse.sampled_addmm` on contiguous
     (R, N) and (C, N) operands, which turns every entry into one contiguous dot product. The sparse kernels
     have no bfloat16/float16 on CPU (and not everywhere on CUDA), so other dtypes are computed in float32.
+    `cached` ("row" or "col") names the operand that is a layer input, whose transpose may be shared.
     """
     nnz = col.numel()
     dtype = row_act.dtype if row_act.dtype in _SAMPLED_DTYPES else torch.float32
     if nnz == 0 or row_act.shape[0] == 0:
         return torch.zeros(nnz, dtype=dtype, device=row_act.device)
-    a = row_act.t().to(dtype).contiguous()
-    b = col_act.t().to(dtype).contiguous()
+    a = _INPUT_CACHE.get(row_act, dtype) if cached == "row" else _operand(row_act, dtype)
+    b = _INPUT_CACHE.get(col_act, dtype) if cached == "col" else _operand(col_act, dtype)
     pattern = torch.sparse_csr_tensor(
         crow,
         col,
@@ -89,8 +123,10 @@ class _SparseDeltaLinearFn(torch.autograd.Function):
             grad_bias = g2.sum(0)
         if ctx.needs_input_grad[3]:
             x2 = x.reshape(-1, x.shape[-1])
-            rows_act, cols_act = (x2, g2) if ctx.transposed else (g2, x2)
-            grad_delta = sampled_dot(rows_act, cols_act, crow, col)
+            if ctx.transposed:
+                grad_delta = sampled_dot(x2, g2, crow, col, cached="row")
+            else:
+                grad_delta = sampled_dot(g2, x2, crow, col, cached="col")
             ctx.state.dirty = True
         return grad_x, None, grad_bias, grad_delta, None, None, None, None
 
