@@ -6,7 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from tinylm import save_model_dir, toy_examples
+
+# The tiny models gain nothing from intra-op threads, and on a busy 2-core machine the thread pool's contention
+# makes them ~40x slower; one thread keeps these tests fast and their results unchanged.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -110,6 +110,8 @@ class _SparseDeltaLinearFn(torch.autograd.Function):
         ctx.save_for_backward(x, weight, crow, col)
         ctx.transposed = transposed
         ctx.state = state
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.delta_dtype = delta.dtype
         return F.linear(x, weight.t() if transposed else weight, bias)
 
     @staticmethod
@@ -117,16 +119,18 @@ class _SparseDeltaLinearFn(torch.autograd.Function):
         x, weight, crow, col = ctx.saved_tensors
         grad_x = grad_bias = grad_delta = None
         if ctx.needs_input_grad[0]:
-            grad_x = grad_out @ (weight.t() if ctx.transposed else weight)
+            # under autocast grad_out may be bf16 while the frozen weight is fp32
+            grad_x = grad_out @ (weight.t() if ctx.transposed else weight).to(grad_out.dtype)
         g2 = grad_out.reshape(-1, grad_out.shape[-1])
         if ctx.needs_input_grad[2]:
-            grad_bias = g2.sum(0)
+            grad_bias = g2.sum(0).to(ctx.bias_dtype)
         if ctx.needs_input_grad[3]:
             x2 = x.reshape(-1, x.shape[-1])
             if ctx.transposed:
                 grad_delta = sampled_dot(x2, g2, crow, col, cached="row")
             else:
                 grad_delta = sampled_dot(g2, x2, crow, col, cached="col")
+            grad_delta = grad_delta.to(ctx.delta_dtype)
             ctx.state.dirty = True
         return grad_x, None, grad_bias, grad_delta, None, None, None, None
 

@@ -78,6 +78,10 @@ class TrainConfig:
     zero_shot: bool = True
     progress: bool = True
     overwrite: bool = False
+    # checkpoints and resuming
+    save_every: int | None = None  # optimizer steps between checkpoints (OUTPUT/checkpoint-STEP/); None: none
+    keep_checkpoints: int = 2  # newest checkpoints kept
+    resume: bool | str | None = None  # True: resume OUTPUT; a path: resume that run dir
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes carried into results.json
 
     def __post_init__(self) -> None:
@@ -115,6 +119,8 @@ class TrainConfig:
             (self.lora_r >= 1, "lora_r must be >= 1"),
             (self.eval_every is None or self.eval_every >= 1, "eval_every must be >= 1"),
             (self.log_every >= 1, "log_every must be >= 1"),
+            (self.save_every is None or self.save_every >= 1, "save_every must be >= 1"),
+            (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -196,6 +202,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--data-dir", "folder holding <task>/<split>.jsonl.gz")
     add("--seed", "seed for torch, python, numpy, data order and SpaRTA indices", type=int)
     add("--overwrite", "replace an output directory holding a finished run", action="store_const", const=True)
+    add("--save-every", "write OUTPUT/checkpoint-STEP/ every N optimizer steps", type=_optional(int))
+    add("--keep-checkpoints", "how many of the newest checkpoints to keep", type=int)
+    group.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=S,
+        metavar="DIR",
+        help="continue the run in DIR (default: --output) from its newest checkpoint; same settings required",
+    )
 
     group = parser.add_argument_group("custom task (--task custom) and task overrides")
     add("--train-file", "training examples (.jsonl/.json/.csv/.tsv, optionally .gz)")

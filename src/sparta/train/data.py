@@ -133,3 +133,33 @@ def iter_batches(
             idx,
             collate([data.input_ids[i] for i in idx], pad_id, padding_side, [data.labels[i] for i in idx]),
         )
+
+
+class BatchStream:
+    """The endless training stream of index batches: a fresh length-grouped shuffle per epoch.
+
+    Epoch e is shuffled by `random.Random(seed * 1000 + e)`, so the stream is fully given by the seed and its
+    position (epoch, index of the next batch in that epoch), which is what a checkpoint stores.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, epoch: int = 0, index: int = 0):
+        self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
+        self.epoch, self.index = epoch, index
+        self._batches = self._shuffle(epoch)
+
+    def _shuffle(self, epoch: int) -> list[list[int]]:
+        return length_grouped_batches(self.lengths, self.batch_size, random.Random(self.seed * 1000 + epoch))
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> list[int]:
+        if self.index >= len(self._batches):
+            self.epoch, self.index = self.epoch + 1, 0
+            self._batches = self._shuffle(self.epoch)
+        batch = self._batches[self.index]
+        self.index += 1
+        return batch
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index}

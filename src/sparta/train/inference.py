@@ -71,6 +71,8 @@ def load_run(
             resolved = resolve_model(info.get("model_path") or info["model"])
         with L.quiet_transformers():
             model = load_model(resolved, task="classification", num_labels=spec.num_labels, dtype=torch_dtype)
+        if not (run_dir / TOKENIZER_DIR).is_dir():
+            raise SpartaError(f"{run_dir} has no {TOKENIZER_DIR}/ folder; is it a finished training run?")
         tokenizer = AutoTokenizer.from_pretrained(str(run_dir / TOKENIZER_DIR))
         model.config.pad_token_id = tokenizer.pad_token_id
         model = M.load_adapter(model, method, run_dir)

@@ -8,7 +8,9 @@ trainable state -> final dev/test metrics -> adapter, tokenizer, run.json and re
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -21,9 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparta.errors import SpartaError
+from sparta.train import checkpoint as C
 from sparta.train import data as D
 from sparta.train import methods as M
 from sparta.train.config import TrainConfig
+from sparta.train.distributed import Runtime, launched_distributed
 from sparta.train.heads import init_base_head, init_instruct_head
 from sparta.train.results import (
     RESULTS_FILE,
@@ -117,42 +121,72 @@ def init_head(
 # -- evaluation --------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def predict_logits(
-    model: nn.Module, data: D.Encoded, batch_size: int, pad_id: int, padding_side: str, device
+    model: nn.Module,
+    data: D.Encoded,
+    batch_size: int,
+    pad_id: int,
+    padding_side: str,
+    device,
+    rt: Runtime | None = None,
 ) -> torch.Tensor:
-    """(N, C) float32 logits in example order; batches are length-sorted to limit padding."""
+    """(N, C) float32 logits in example order; batches are length-sorted to limit padding.
+
+    With a multi-process `rt`, each rank scores every world-th batch and the logits are gathered on all ranks.
+    """
     was_training = model.training
     model.eval()
-    out: torch.Tensor | None = None
-    for idx, batch in D.iter_batches(data, D.sorted_batches(data.lengths, batch_size), pad_id, padding_side):
+    batches = D.sorted_batches(data.lengths, batch_size)
+    if rt is not None and rt.distributed:
+        batches = batches[rt.rank :: rt.world]
+    parts = []
+    for idx, batch in D.iter_batches(data, batches, pad_id, padding_side):
         batch.pop("labels")
-        logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
-        if out is None:
-            out = torch.empty(len(data), logits.shape[-1])
-        out[idx] = logits
+        parts.append((idx, model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()))
     model.train(was_training)
-    return out if out is not None else torch.empty(0, 0)
+    if rt is not None and rt.distributed:
+        parts = [part for rank_parts in rt.gather(parts) for part in rank_parts]
+    if not parts:
+        return torch.empty(0, 0)
+    out = torch.empty(len(data), parts[0][1].shape[-1])
+    for idx, logits in parts:
+        out[idx] = logits
+    return out
 
 
 def evaluate(
-    model: nn.Module, data: D.Encoded, task, batch_size: int, pad_id: int, padding_side: str, device
+    model: nn.Module,
+    data: D.Encoded,
+    task,
+    batch_size: int,
+    pad_id: int,
+    padding_side: str,
+    device,
+    rt: Runtime | None = None,
 ) -> dict:
     """The task's metrics plus the mean cross-entropy loss on one split."""
     from sparta.tasks import compute_metrics
 
-    logits = predict_logits(model, data, batch_size, pad_id, padding_side, device)
+    logits = predict_logits(model, data, batch_size, pad_id, padding_side, device, rt)
     labels = torch.tensor(data.labels, dtype=torch.long)
     loss = F.cross_entropy(logits, labels).item()
     return {"loss": loss, **compute_metrics(task, logits, labels, loss=loss)}
 
 
-# -- the training stream ------------------------------------------------------------------------------------------
-def micro_batches(data: D.Encoded, batch_size: int, seed: int):
-    """Endless stream of batch indices: a fresh length-grouped shuffle each epoch."""
-    epoch = 0
-    while True:
-        rng = random.Random(seed * 1000 + epoch)
-        yield from D.length_grouped_batches(data.lengths, batch_size, rng)
-        epoch += 1
+# -- the training step ----------------------------------------------------------------------------------------------
+def batch_loss(model: nn.Module, data: D.Encoded, idx: list[int], pad_id: int, padding_side: str, device):
+    """Summed cross-entropy of the examples `idx` (a 0-dim float32 tensor with a graph)."""
+    batch = D.collate([data.input_ids[i] for i in idx], pad_id, padding_side, [data.labels[i] for i in idx])
+    labels = batch.pop("labels").to(device)
+    logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
+    return F.cross_entropy(logits, labels, reduction="sum")
+
+
+def rank_slice(global_idx: list[int], rt: Runtime, batch_size: int) -> tuple[list[int], float]:
+    """This rank's contiguous slice of a global batch, and its weight (0: an empty slice, run on a stand-in)."""
+    if not rt.distributed:
+        return global_idx, 1.0
+    idx = global_idx[rt.rank * batch_size : (rt.rank + 1) * batch_size]
+    return (idx, 1.0) if idx else (global_idx[:1], 0.0)
 
 
 @dataclass
@@ -176,19 +210,95 @@ class EarlyStopping:
             self.bad_evals += 1
         return self.patience is not None and self.bad_evals >= self.patience
 
+    def state(self) -> dict:
+        return {k: getattr(self, k) for k in ("best_loss", "best_step", "best_metrics", "bad_evals")}
+
+
+@dataclass
+class Progress:
+    """The loop's counters: everything besides tensors that a checkpoint needs to continue exactly."""
+
+    step: int = 0
+    seen: int = 0
+    train_seconds: float = 0.0
+    window_loss: float = 0.0
+    window_n: int = 0
+    history: list = field(default_factory=list)
+    last_dev: dict = field(default_factory=dict)
+
+
+# Settings a resumed run may change; every other one must equal the checkpoint's.
+RESUMABLE_CHANGES = ("output", "resume", "overwrite", "progress", "save_every", "keep_checkpoints", "device")
+
 
 def _fmt(metrics: dict) -> str:
     return " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
 
 
+def _crash_for_tests(step: int) -> None:
+    """Test hook: SPARTA_TEST_CRASH_AT_STEP=N kills the process (as kill -9 would) right after step N."""
+    if os.environ.get("SPARTA_TEST_CRASH_AT_STEP") == str(step):
+        os._exit(137)
+
+
+def state_digest(model: nn.Module) -> str:
+    """SHA-256 of every parameter (merged SpaRTA weights included): equal on all ranks of a healthy DDP run."""
+    import hashlib
+
+    if hasattr(model, "sync_weights"):
+        model.sync_weights()
+    digest = hashlib.sha256()
+    for name, p in model.named_parameters():
+        digest.update(name.encode())
+        digest.update(p.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def resolve_output(cfg: TrainConfig) -> str:
+    """The run dir: --resume DIR, else --output, else runs/<task>-<method>-seed<seed>."""
+    if isinstance(cfg.resume, str):
+        if cfg.output and Path(cfg.output).resolve() != Path(cfg.resume).resolve():
+            raise SpartaError(f"--resume {cfg.resume} and --output {cfg.output} differ; give one run dir")
+        return cfg.resume
+    return cfg.output or f"runs/{cfg.task}-{cfg.method}-seed{cfg.seed}"
+
+
+def check_resumable(cfg: TrainConfig, saved: dict, where: Path) -> None:
+    now = cfg.to_dict()
+    changed = [k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]]
+    if changed:
+        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
+        raise SpartaError(f"cannot resume {where}: settings differ from the checkpoint's ({shown})")
+
+
 # -- the recipe --------------------------------------------------------------------------------------------------
 def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
-    """Run one training job as `cfg` says; writes the output dir and returns the results dict."""
+    """Run one training job as `cfg` says; writes the output dir and returns the results dict.
+
+    Under `accelerate launch` every rank runs this function; rank 0 alone writes files, logs and the progress bar.
+    """
     from sparta.tasks import format_input, load_splits
 
-    output = prepare_output(cfg.output or f"runs/{cfg.task}-{cfg.method}-seed{cfg.seed}", cfg.overwrite)
+    rt = Runtime.from_launch(cfg.device) if launched_distributed() else Runtime.single()
+    rt.check(cfg.method)
+    if not rt.is_main:
+        log = _quiet
+    resume = bool(cfg.resume)
+    output = prepare_output(resolve_output(cfg), cfg.overwrite, resume=resume, create=False)
+    rt.barrier()
+    if rt.is_main:
+        prepare_output(output, cfg.overwrite, resume=resume)
+    rt.barrier()
+    ckpt = None
+    if resume:
+        ckpt = C.load_checkpoint(C.latest_checkpoint(output))
+        check_resumable(cfg, ckpt.state["config"], ckpt.path)
+        if len(ckpt.rng) != rt.world:
+            raise SpartaError(f"{ckpt.path} was written by {len(ckpt.rng)} process(es); resume with as many")
+        log(f"resuming from {ckpt.path} (step {ckpt.step})")
     seed_everything(cfg.seed)
     device, dtype = pick_device(cfg.device, cfg.dtype)
+    device = rt.device(device)
     targs = task_args(cfg)
     task = build_task(targs)
 
@@ -235,13 +345,16 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
         M.set_dropout(model, cfg.dropout)
     model.to(device)
     eval_bs = cfg.eval_batch_size or 2 * cfg.batch_size
-    run_eval = lambda split: evaluate(model, enc[split], task, eval_bs, pad_id, cfg.padding_side, device)  # noqa: E731
+    net = model  # the unwrapped model: evaluation, trainable state and saving use it, never the DDP wrapper
+    run_eval = lambda split: evaluate(net, enc[split], task, eval_bs, pad_id, cfg.padding_side, device, rt)  # noqa: E731
     zero_shot = None
-    if cfg.zero_shot:
+    if ckpt is not None:
+        zero_shot = ckpt.state["zero_shot"]
+    elif cfg.zero_shot:
         zero_shot = {s: run_eval(s) for s in ("dev", "test") if len(enc[s])}
         for s, m in zero_shot.items():
             log(f"zero-shot {s}: {_fmt(m)}")
-    model = M.apply_method(model, cfg)
+    model = net = M.apply_method(model, cfg)
     model.to(device)
     model.train()
     trainable, total = M.count_parameters(model)
@@ -249,98 +362,159 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
         f"method {cfg.method}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.4f}%)"
     )
 
-    # optimizer and schedule
+    # optimizer and schedule; each step takes a global batch of batch_size examples per process
     from transformers import get_scheduler
 
     optimizer = torch.optim.AdamW(M.decay_groups(model, cfg.weight_decay), lr=cfg.lr)
-    steps_per_epoch = max(1, math.ceil(math.ceil(len(train_data) / cfg.batch_size) / cfg.grad_accum))
+    global_bs = cfg.batch_size * rt.world
+    steps_per_epoch = max(1, math.ceil(math.ceil(len(train_data) / global_bs) / cfg.grad_accum))
     total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_ratio * total_steps)
     schedule = "constant_with_warmup" if cfg.scheduler == "constant" else cfg.scheduler
     scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
     eval_every = cfg.eval_every or steps_per_epoch
     has_dev = len(enc["dev"]) > 0
-    params = [p for p in model.parameters() if p.requires_grad]
+    stopper = EarlyStopping(cfg.early_stopping_patience)
+    stream = D.BatchStream(train_data.lengths, global_bs, cfg.seed)
+    prog = Progress()
+    if ckpt is not None:
+        C.check_trainable(M.trainable_state(net), ckpt.trainable, ckpt.path)
+        M.load_trainable_state(net, ckpt.trainable)
+        optimizer.load_state_dict(ckpt.optimizer)
+        scheduler.load_state_dict(ckpt.scheduler)
+        stream = D.BatchStream(train_data.lengths, global_bs, cfg.seed, **ckpt.state["stream"])
+        for key, value in ckpt.state["stopper"].items():
+            setattr(stopper, key, value)
+        stopper.best_state = ckpt.best
+        prog = Progress(**ckpt.state["progress"])
+    raw_optimizer = optimizer
+    model, optimizer = rt.prepare(model, optimizer)
+    params = [p for p in net.parameters() if p.requires_grad]
 
     # the loop
     from tqdm.auto import tqdm
 
-    logger = RunLogger(
-        output,
-        [
-            "step",
-            "epoch",
-            "lr",
-            "train_loss",
-            "examples_per_s",
-            "dev_loss",
-            *(f"dev_{m}" for m in task.metrics),
-        ],
-    )
-    stopper = EarlyStopping(cfg.early_stopping_patience)
-    history: list[dict] = []
-    stream = micro_batches(train_data, cfg.batch_size, cfg.seed)
-    window_loss, window_n, seen, train_seconds, step = 0.0, 0, 0, 0.0, 0
-    stopped_early, last_dev = False, {}
+    columns = [
+        "step",
+        "epoch",
+        "lr",
+        "train_loss",
+        "examples_per_s",
+        "dev_loss",
+        *(f"dev_{m}" for m in task.metrics),
+    ]
+    logger = RunLogger(output, columns, resume_step=prog.step if ckpt else None) if rt.is_main else None
+    stopped_early = False
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    bar = tqdm(total=total_steps, desc=f"{cfg.method} {task.name}", unit="step", disable=not cfg.progress)
-    for step in range(1, total_steps + 1):
-        t0 = time.perf_counter()
-        chunk = [next(stream) for _ in range(cfg.grad_accum)]
-        n_step = sum(len(idx) for idx in chunk)
-        step_loss = 0.0
-        for idx in chunk:
-            batch = D.collate(
-                [train_data.input_ids[i] for i in idx],
-                pad_id,
-                cfg.padding_side,
-                [train_data.labels[i] for i in idx],
-            )
-            labels = batch.pop("labels").to(device)
-            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
-            loss = F.cross_entropy(logits, labels, reduction="sum") / n_step
-            loss.backward()
-            step_loss += loss.item()
-        if cfg.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        train_seconds += time.perf_counter() - t0
-        seen += n_step
-        window_loss, window_n = window_loss + step_loss, window_n + 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.4f}", ex_s=f"{seen / train_seconds:.1f}")
+    if ckpt is not None:
+        C.set_rng_state(*ckpt.rng[rt.rank])
+    bar = tqdm(
+        total=total_steps,
+        initial=prog.step,
+        desc=f"{cfg.method} {task.name}",
+        unit="step",
+        disable=not (cfg.progress and rt.is_main),
+    )
+    try:
+        for step in range(prog.step + 1, total_steps + 1):
+            t0 = time.perf_counter()
+            chunk = [next(stream) for _ in range(cfg.grad_accum)]
+            n_step = sum(len(idx) for idx in chunk)  # examples in this step, over all processes
+            step_loss = 0.0
+            for k, global_idx in enumerate(chunk):
+                idx, weight = rank_slice(global_idx, rt, cfg.batch_size)
+                with rt.no_sync(model, skip=k < len(chunk) - 1):
+                    part = batch_loss(model, train_data, idx, pad_id, cfg.padding_side, device) / n_step
+                    # DDP averages gradients over ranks; the world factor turns that into the global-batch mean
+                    (part * (weight * rt.world)).backward()
+                step_loss += part.item() * weight
+            step_loss = rt.sum(step_loss)
+            if not math.isfinite(step_loss):
+                saved = C.latest_checkpoint(output)
+                raise SpartaError(
+                    f"training loss is {step_loss} at step {step}: the run diverged; lower --lr (now {cfg.lr}) "
+                    "or check the data. "
+                    + (f"The last good checkpoint is {saved}." if saved else "No checkpoint was written.")
+                )
+            if cfg.max_grad_norm is not None:
+                if rt.distributed:
+                    rt.accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                else:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            prog.step = step
+            prog.train_seconds += time.perf_counter() - t0
+            prog.seen += n_step
+            prog.window_loss, prog.window_n = prog.window_loss + step_loss, prog.window_n + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.4f}", ex_s=f"{prog.seen / prog.train_seconds:.1f}")
 
-        do_eval = has_dev and (step % eval_every == 0 or step == total_steps)
-        if step % cfg.log_every == 0 or do_eval or step == total_steps:
-            entry = {"step": step, "train_loss": window_loss / window_n}
-            row = {
-                **entry,
-                "epoch": round(seen / len(train_data), 4),
-                "lr": scheduler.get_last_lr()[0],
-                "examples_per_s": seen / train_seconds,
-            }
-            window_loss, window_n = 0.0, 0
-            if do_eval:
-                last_dev = run_eval("dev")
-                entry["dev_loss"] = last_dev["loss"]
-                row.update({f"dev_{k}": v for k, v in last_dev.items()})
-                stopped_early = stopper.update(model, step, last_dev, keep_state=cfg.restore_best)
-                bar.write(f"step {step}: train_loss={entry['train_loss']:.4f} dev: {_fmt(last_dev)}")
-            history.append(entry)
-            logger.log(row)
-            if stopped_early:
-                log(f"early stopping at step {step}: no lower dev loss for {stopper.bad_evals} evaluations")
-                break
-    bar.close()
-    logger.close()
+            do_eval = has_dev and (step % eval_every == 0 or step == total_steps)
+            if step % cfg.log_every == 0 or do_eval or step == total_steps:
+                entry = {"step": step, "train_loss": prog.window_loss / prog.window_n}
+                row = {
+                    **entry,
+                    "epoch": round(prog.seen / len(train_data), 4),
+                    "lr": scheduler.get_last_lr()[0],
+                    "examples_per_s": prog.seen / prog.train_seconds,
+                }
+                prog.window_loss, prog.window_n = 0.0, 0
+                if do_eval:
+                    prog.last_dev = run_eval("dev")
+                    entry["dev_loss"] = prog.last_dev["loss"]
+                    row.update({f"dev_{k}": v for k, v in prog.last_dev.items()})
+                    stopped_early = stopper.update(net, step, prog.last_dev, keep_state=cfg.restore_best)
+                    if rt.is_main:
+                        bar.write(
+                            f"step {step}: train_loss={entry['train_loss']:.4f} dev: {_fmt(prog.last_dev)}"
+                        )
+                prog.history.append(entry)
+                if logger is not None:
+                    logger.log(row)
+                if stopped_early:
+                    log(
+                        f"early stopping at step {step}: no lower dev loss for {stopper.bad_evals} evaluations"
+                    )
+                    break
+            if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
+                state = {
+                    "config": cfg.to_dict(),
+                    "stream": stream.state(),
+                    "stopper": stopper.state(),
+                    "progress": dataclasses.asdict(prog),
+                    "zero_shot": zero_shot,
+                }
+                rng = rt.gather(C.rng_state())
+                if rt.is_main:
+                    C.save_checkpoint(
+                        output,
+                        step,
+                        M.trainable_state(net),
+                        raw_optimizer.state_dict(),
+                        scheduler.state_dict(),
+                        rng,
+                        state,
+                        best=stopper.best_state,
+                        keep=cfg.keep_checkpoints,
+                    )
+                rt.barrier()
+            _crash_for_tests(step)
+    finally:
+        bar.close()
+        if logger is not None:
+            logger.close()
+    step, history, last_dev = prog.step, prog.history, prog.last_dev
+    if rt.distributed and len(set(rt.gather(state_digest(net)))) != 1:
+        raise SpartaError("the processes ended with different weights; the distributed run is inconsistent")
+    seen, train_seconds = prog.seen, prog.train_seconds
 
     # restore the best state, final metrics
     restored = cfg.restore_best and stopper.best_state is not None and stopper.best_step != step
     if restored:
-        M.load_trainable_state(model, stopper.best_state)
+        M.load_trainable_state(net, stopper.best_state)
         log(f"restored the trainable state of step {stopper.best_step} (dev loss {stopper.best_loss:.4f})")
     stopper.best_state = None
     metrics = {}
@@ -351,9 +525,8 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     for s, m in metrics.items():
         log(f"{s}: {_fmt(m)}")
 
-    # save: adapter, tokenizer, run.json, results.json
-    adapter_path = M.save_adapter(model, cfg.method, output, cfg)
-    tokenizer.save_pretrained(str(output / TOKENIZER_DIR))
+    # save (rank 0): adapter, tokenizer, run.json, results.json - each written whole, results.json last
+    adapter_name = M.MODEL_DIR if cfg.method == "full" else M.ADAPTER_DIR
     run_info = {
         "format": RUN_FORMAT,
         "method": cfg.method,
@@ -368,9 +541,14 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
         "max_length": max_length,
         "seed": cfg.seed,
         "dtype": str(dtype).removeprefix("torch."),
-        "adapter": adapter_path.name,
+        "adapter": adapter_name,
     }
-    write_json(output / RUN_FILE, run_info)
+    adapter_path = output / adapter_name
+    if rt.is_main:
+        adapter_path = M.save_adapter(net, cfg.method, output, cfg)
+        with C.atomic_dir(output / TOKENIZER_DIR) as tmp:
+            tokenizer.save_pretrained(str(tmp))
+        write_json(output / RUN_FILE, run_info)
     results = {
         "config": cfg.to_dict(),
         "task": task.name,
@@ -385,13 +563,15 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
         "peak_memory_mb": peak_memory_mb(device),
         "train_seconds": train_seconds,
         "train_examples_per_s": seen / train_seconds if train_seconds else None,
-        "adapter_bytes": M.dir_bytes(adapter_path),
+        "adapter_bytes": M.dir_bytes(adapter_path) if rt.is_main else None,
         "adapter_path": str(adapter_path),
         "steps": step,
         "epochs": seen / len(train_data),
         "best_step": stopper.best_step,
         "restored_best": restored,
         "stopped_early": stopped_early,
+        "resumed_from_step": ckpt.step if ckpt is not None else None,
+        "processes": rt.world,
         "data": {
             "train": len(train_data),
             "train_dropped_too_long": train_data.dropped,
@@ -404,9 +584,15 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
         "history": history,
         "versions": _versions(),
     }
-    write_json(output / RESULTS_FILE, results)
-    log(f"wrote {output / RESULTS_FILE}")
+    if rt.is_main:
+        write_json(output / RESULTS_FILE, results)
+        log(f"wrote {output / RESULTS_FILE}")
+    rt.barrier()
     return results
+
+
+def _quiet(*args: Any, **kwargs: Any) -> None:
+    """The log function of ranks other than 0."""
 
 
 def _abs_if_local(path: str) -> str:

@@ -56,6 +56,19 @@ def _target_arg(targets: list[str]) -> str | list[str]:
     return "all-linear" if targets == ["all-linear"] else targets
 
 
+def _check_targets(model: nn.Module, targets: list[str]) -> None:
+    """PEFT's own error does not say what exists: name the Linear modules when a target matches none."""
+    if targets == ["all-linear"]:
+        return
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    unmatched = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names)]
+    if unmatched:
+        available = sorted({n.rsplit(".", 1)[-1] for n in names})
+        raise SpartaError(
+            f"targets {unmatched} match no Linear module; Linear module names available: {', '.join(available)}"
+        )
+
+
 def apply_method(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     """Wrap or freeze `model` for cfg.method; the head must already be initialised."""
     if cfg.method == "sparta":
@@ -77,6 +90,7 @@ def apply_method(model: nn.Module, cfg: TrainConfig) -> nn.Module:
             use_dora=cfg.method == "dora",
             modules_to_save=["score"],
         )
+        _check_targets(model, cfg.target_modules)
         try:
             return get_peft_model(model, config)
         except ValueError as err:
@@ -122,31 +136,26 @@ def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def save_adapter(model: nn.Module, method: str, output: Path, cfg: TrainConfig | None = None) -> Path:
-    """Save what the method trained under `output`; returns the file or folder written."""
-    if method == "sparta":
-        path = output / ADAPTER_DIR
-        index_format = cfg.save_index_format if cfg else "seed"
-        model.save_pretrained(
-            path, index_format=index_format, delta_dtype=cfg.save_delta_dtype if cfg else "float32"
-        )
-        return path
-    if method in ("lora", "dora"):
-        path = output / ADAPTER_DIR
-        model.save_pretrained(str(path))
-        return path
-    if method == "head":
-        from safetensors.torch import save_file
+    """Save what the method trained under `output` (into a temp folder renamed when complete); returns the folder."""
+    from sparta.train.checkpoint import atomic_dir
 
-        path = output / ADAPTER_DIR
-        path.mkdir(parents=True, exist_ok=True)
-        head = get_head(model)
-        save_file({"weight": head.weight.detach().contiguous().cpu()}, str(path / HEAD_FILE))
-        return path
-    if method == "full":
-        path = output / MODEL_DIR
-        model.save_pretrained(str(path))
-        return path
-    raise SpartaError(f"unknown method {method!r}")
+    if method not in ("sparta", "lora", "dora", "head", "full"):
+        raise SpartaError(f"unknown method {method!r}")
+    path = output / (MODEL_DIR if method == "full" else ADAPTER_DIR)
+    with atomic_dir(path) as tmp:
+        if method == "sparta":
+            index_format = cfg.save_index_format if cfg else "seed"
+            model.save_pretrained(
+                tmp, index_format=index_format, delta_dtype=cfg.save_delta_dtype if cfg else "float32"
+            )
+        elif method == "head":
+            from safetensors.torch import save_file
+
+            head = get_head(model)
+            save_file({"weight": head.weight.detach().contiguous().cpu()}, str(tmp / HEAD_FILE))
+        else:  # lora, dora (PEFT adapter files), full (a complete HF model dir)
+            model.save_pretrained(str(tmp))
+    return path
 
 
 def load_adapter(base: nn.Module, method: str, run_dir: Path) -> nn.Module:
@@ -161,16 +170,33 @@ def load_adapter(base: nn.Module, method: str, run_dir: Path) -> nn.Module:
     if method in ("lora", "dora"):
         from peft import PeftModel
 
-        return PeftModel.from_pretrained(base, str(path))
+        try:
+            return PeftModel.from_pretrained(base, str(path))
+        except (
+            Exception
+        ) as err:  # PEFT/safetensors raise many types on missing, truncated or mismatched files
+            raise SpartaError(f"cannot load the {method} adapter in {path}: {_one_line(err)}") from None
     if method == "head":
         from safetensors.torch import load_file
 
-        weight = load_file(str(path / HEAD_FILE))["weight"]
+        head = get_head(base)
+        try:
+            weight = load_file(str(path / HEAD_FILE))["weight"]
+        except Exception as err:
+            raise SpartaError(f"cannot load the head in {path / HEAD_FILE}: {_one_line(err)}") from None
+        if weight.shape != head.weight.shape:
+            raise SpartaError(
+                f"{path / HEAD_FILE} holds a {tuple(weight.shape)} head; this model needs {tuple(head.weight.shape)}"
+            )
         with torch.no_grad():
-            head = get_head(base)
             head.weight.copy_(weight.to(head.weight.dtype))
         return base
     raise SpartaError(f"cannot load an adapter for method {method!r}")
+
+
+def _one_line(err: Exception) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:300]}"
 
 
 def dir_bytes(path: Path) -> int:

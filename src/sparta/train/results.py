@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import resource
 import shutil
 import sys
@@ -24,23 +25,40 @@ RUN_FORMAT = 1
 RUN_OUTPUTS = (RESULTS_FILE, RUN_FILE, LOG_FILE, TB_DIR, TOKENIZER_DIR, "adapter", "model")
 
 
-def prepare_output(path: str | Path, overwrite: bool) -> Path:
-    """Create the output dir; refuse one that holds a finished run unless overwrite (then clear our files)."""
+def prepare_output(path: str | Path, overwrite: bool, resume: bool = False, create: bool = True) -> Path:
+    """Check (and unless create=False, create) the output dir.
+
+    A dir holding a finished run (results.json) is refused unless overwrite, which clears our files first; one
+    holding checkpoints of an unfinished run is refused unless resume (continue it) or overwrite (start over).
+    """
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise SpartaError(f"output {out} exists and is not a directory")
-    if (out / RESULTS_FILE).exists():
-        if not overwrite:
+    checkpoints = sorted(out.glob("checkpoint-*")) if out.is_dir() else []
+    if resume:
+        if (out / RESULTS_FILE).exists():
+            raise SpartaError(f"{out} holds a finished run ({RESULTS_FILE}); there is nothing to resume")
+        if not checkpoints:
             raise SpartaError(
-                f"{out} already holds a finished run ({RESULTS_FILE}); pass --overwrite or pick another --output"
+                f"--resume: {out} holds no checkpoint-STEP/ folder; train with --save-every N first"
             )
-        for name in RUN_OUTPUTS:
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+        return out
+    if (out / RESULTS_FILE).exists() and not overwrite:
+        raise SpartaError(
+            f"{out} already holds a finished run ({RESULTS_FILE}); pass --overwrite or pick another --output"
+        )
+    if checkpoints and not overwrite:
+        raise SpartaError(
+            f"{out} holds checkpoints of an unfinished run; pass --resume to continue it or --overwrite to start over"
+        )
+    if create:
+        if overwrite:
+            for target in [*(out / name for name in RUN_OUTPUTS), *checkpoints]:
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+        out.mkdir(parents=True, exist_ok=True)
     return out
 
 
@@ -53,8 +71,12 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON atomically: a temp file, flushed to disk, then renamed over `path`."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(data, indent=2, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
     tmp.replace(path)
 
 
@@ -70,17 +92,30 @@ def read_json(path: Path) -> dict[str, Any]:
 class RunLogger:
     """Rows to OUTPUT/log.csv and scalars to OUTPUT/tb/ (TensorBoard, skipped when it is not installed)."""
 
-    def __init__(self, output: Path, columns: list[str], tensorboard: bool = True) -> None:
+    def __init__(
+        self, output: Path, columns: list[str], tensorboard: bool = True, resume_step: int | None = None
+    ) -> None:
+        """resume_step: continue an existing log, dropping the rows logged after that step."""
         self.columns = columns
+        kept: list[dict] = []
+        if resume_step is not None and (output / LOG_FILE).is_file():
+            with open(output / LOG_FILE, newline="") as f:
+                kept = [
+                    r
+                    for r in csv.DictReader(f)
+                    if r.get("step", "").isdigit() and int(r["step"]) <= resume_step
+                ]
         self._file = open(output / LOG_FILE, "w", newline="")  # noqa: SIM115 - closed in close()
         self._csv = csv.DictWriter(self._file, fieldnames=columns, restval="", extrasaction="ignore")
         self._csv.writeheader()
+        self._csv.writerows(kept)
         self._tb = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(log_dir=str(output / TB_DIR))
+                purge = None if resume_step is None else resume_step + 1
+                self._tb = SummaryWriter(log_dir=str(output / TB_DIR), purge_step=purge)
             except ImportError:  # tensorboard is optional
                 self._tb = None
 
