@@ -302,15 +302,29 @@ def load_adapter(base_model: nn.Module, path: Path, *, is_trainable: bool = Fals
     return model
 
 
-def iter_dense_deltas(path: Path) -> Iterator[tuple[str, tuple[int, ...], torch.Tensor]]:
-    """(parameter name, shape, dense float32 delta) for every adapted tensor, without needing the base model."""
+def read_sparse_deltas(path: Path) -> dict[str, tuple[tuple[int, ...], torch.Tensor, torch.Tensor]]:
+    """{parameter name: (shape, sorted flat int64 positions phi, float32 deltas)}, without the base model."""
     document = read_adapter_config(Path(path))
     reader = _open_weights(Path(path), document)
     indices = _indices_for(document, reader)
-    for name, meta in document["params"].items():
-        shape = tuple(meta["shape"])
+    return {
+        name: (tuple(meta["shape"]), indices[name], _read(reader, f"delta/{name}").float())
+        for name, meta in document["params"].items()
+    }
+
+
+def read_heads(path: Path) -> dict[str, torch.Tensor]:
+    """{head parameter name: float32 tensor} of an adapter directory."""
+    document = read_adapter_config(Path(path))
+    reader = _open_weights(Path(path), document)
+    return {name: _read(reader, f"head/{name}").float() for name in document["heads"]}
+
+
+def iter_dense_deltas(path: Path) -> Iterator[tuple[str, tuple[int, ...], torch.Tensor]]:
+    """(parameter name, shape, dense float32 delta) for every adapted tensor, without needing the base model."""
+    for name, (shape, flat, values) in read_sparse_deltas(path).items():
         dense = torch.zeros(int(np.prod(shape)), dtype=torch.float32)
-        dense[indices[name]] = _read(reader, f"delta/{name}").float()
+        dense[flat] = values
         yield name, shape, dense.view(shape)
 
 

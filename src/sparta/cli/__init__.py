@@ -13,7 +13,18 @@ import sys
 from sparta.errors import SpartaError
 
 # Sub-command modules, in the order `sparta --help` lists them.
-COMMAND_MODULES = ["models", "train", "evaluate", "predict", "memory", "rank"]
+COMMAND_MODULES = [
+    "models",
+    "train",
+    "evaluate",
+    "predict",
+    "merge",
+    "export",
+    "memory",
+    "rank",
+    "reproduce",
+    "tune",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

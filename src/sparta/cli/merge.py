@@ -1,0 +1,143 @@
+"""`sparta merge`: add SpaRTA adapters of one base model into a multi-head model (paper section 8).
+
+Also the handlers `sparta predict` and `sparta eval` use for a merged directory (`run_predict`, `run_eval`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+EPILOG = """examples:
+  sparta merge runs/sst2 runs/cola --output merged/sst2-cola
+  sparta merge runs/sst2 runs/cola --output merged/sst2-cola --eval --max-eval-samples 500
+  sparta predict merged/sst2-cola "the movie was a delight"
+  sparta eval merged/sst2-cola --task cola
+
+ADAPTER is a `sparta train` output dir (run.json + adapter/) or a bare adapter dir. The output dir is a Hugging Face
+checkpoint of the merged base model plus heads/<task>.safetensors and merged.json (tasks and interaction report)."""
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(w) for w in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "merge",
+        help="merge SpaRTA adapters into one multi-head model",
+        description="W = W0 + sum_i w_i * scatter(phi_i, delta_i) over adapters trained on the same base model; "
+        "each task keeps its head. Reports index overlap and sign conflicts between adapters.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("adapters", metavar="ADAPTER", nargs="+", help="training output dirs or adapter dirs")
+    parser.add_argument("--output", required=True, metavar="DIR", help="directory for the merged model")
+    parser.add_argument(
+        "--weights",
+        type=_floats,
+        help="comma-separated weight per adapter (default: all 1; write --weights=-1,1 for a leading minus)",
+    )
+    parser.add_argument("--names", help="comma-separated task name per adapter (default: the run's task)")
+    parser.add_argument("--model", help="base model (default: the one the adapters record)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier merge in --output")
+    parser.add_argument("--eval", action="store_true", help="compare each task's metrics: merged vs single")
+    parser.add_argument("--split", default="test", choices=("train", "dev", "test"), help="split for --eval")
+    parser.add_argument("--data-dir", help="folder holding <task>/<split>.jsonl.gz")
+    parser.add_argument("--max-eval-samples", type=int, help="evaluate on a fixed-seed subset of this size")
+    parser.add_argument("--batch-size", type=int, default=32, help="evaluation batch size (default: 32)")
+    parser.add_argument("--device", help="cpu, cuda, ... for --eval (default: cuda when available)")
+    parser.set_defaults(func=run)
+
+
+def _fmt(metrics: dict) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sparta.merging import MERGED_FILE, compare_with_single, merge_adapters
+
+    names = [n.strip() for n in args.names.split(",")] if args.names else None
+    doc = merge_adapters(
+        args.adapters,
+        args.output,
+        weights=args.weights,
+        names=names,
+        model=args.model,
+        overwrite=args.overwrite,
+    )
+    print(f"merged {len(doc['tasks'])} adapters into {args.output} (base {doc['base_model']})")
+    for t in doc["tasks"]:
+        print(f"  {t['name']}: weight {t['weight']:g}, {t['deltas']:,} deltas, seed {t['adapter_seed']}, "
+              f"{t['num_labels']} labels, from {t['source']}")  # fmt: skip
+    for p in doc["interactions"]:
+        print(
+            f"  {p['a']} x {p['b']}: overlap {p['overlap']:,} positions ({100 * p['overlap_share_a']:.2f}% of "
+            f"{p['a']}, {100 * p['overlap_share_b']:.2f}% of {p['b']}; {p['expected_overlap_if_independent']:,.0f} "
+            f"expected if independent), sign conflicts {p['sign_conflicts']:,} "
+            f"({100 * p['sign_conflict_share']:.1f}% of the overlap)"
+        )
+    for w in doc["warnings"]:
+        print(f"warning: {w}")
+    if args.eval:
+        comparison = compare_with_single(
+            args.output, args.split, args.data_dir, args.max_eval_samples, args.batch_size, args.device
+        )
+        for task, m in comparison.items():
+            print(f"  {task} {args.split}: merged {_fmt(m['merged'])}")
+            print(f"  {task} {args.split}: single {_fmt(m['single'])}")
+        doc["eval"] = {"split": args.split, "max_eval_samples": args.max_eval_samples, "tasks": comparison}
+        (Path(args.output) / MERGED_FILE).write_text(json.dumps(doc, indent=2) + "\n")
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """`sparta predict MERGED_DIR TEXT...`: every task's label and probabilities (or only --task's)."""
+    from sparta.merging import load_merged, predict_merged
+
+    merged = load_merged(args.dir, getattr(args, "device", None))
+    tasks = [args.task] if getattr(args, "task", None) else None
+    for pred in predict_merged(merged, args.texts, tasks):
+        if getattr(args, "json", False):
+            print(json.dumps(pred))
+            continue
+        for task, p in pred.items():
+            probs = " ".join(f"{name}={v:.4f}" for name, v in p["probabilities"].items())
+            print(f"{task}\t{p['label']}\t{probs}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """`sparta eval MERGED_DIR --task T`: one head's metrics on a split."""
+    from pathlib import Path
+
+    from sparta.errors import SpartaError
+    from sparta.merging import evaluate_merged, load_merged
+    from sparta.train.results import RESULTS_FILE, write_json
+
+    merged = load_merged(args.dir, getattr(args, "device", None))
+    if not args.task:
+        raise SpartaError(f"{args.dir} is a merged model; pass --task, one of {', '.join(merged.specs)}")
+    split = getattr(args, "split", "test")
+    metrics = evaluate_merged(
+        merged, args.task, split, args.data_dir, args.max_eval_samples, getattr(args, "batch_size", 32)
+    )
+    print(f"{args.task} {split} (merged): " + _fmt(metrics))
+    out = Path(args.output) if getattr(args, "output", None) else None
+    if out is not None:
+        if (out / RESULTS_FILE).exists() and not getattr(args, "overwrite", False):
+            raise SpartaError(f"{out / RESULTS_FILE} exists; pass --overwrite or pick another --output")
+        out.mkdir(parents=True, exist_ok=True)
+        results = {
+            "task": args.task,
+            "method": "merged",
+            "model": {"name": args.dir},
+            "metrics": {split: metrics},
+        }
+        write_json(out / RESULTS_FILE, results)
+    return 0
