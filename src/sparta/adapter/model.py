@@ -186,33 +186,22 @@ class SpartaModel(nn.Module):
             if isinstance(module, SpartaLinear):
                 yield name, module
 
-    def _vector_deltas(self) -> Iterator[tuple[AdaptedParam, SparseVectorDelta]]:
+    def _holders(self) -> Iterator[tuple[AdaptedParam, SpartaLinear | SparseVectorDelta]]:
+        """Each target with the module holding its `sparta_delta` and `sparta_flat`."""
         for target in self.targets:
-            if target.kind == "vector":
-                module = self.base_model.get_submodule(target.module_name)
-                yield target, module.parametrizations[target.attr][0]
+            module = self.base_model.get_submodule(target.module_name)
+            yield target, module if target.kind == "matrix" else module.parametrizations[target.attr][0]
+
+    def _vector_deltas(self) -> Iterator[SparseVectorDelta]:
+        return (holder for target, holder in self._holders() if target.kind == "vector")
 
     def delta_parameters(self) -> dict[str, nn.Parameter]:
         """{adapted parameter name: its delta}, in model order."""
-        out: dict[str, nn.Parameter] = {}
-        for target in self.targets:
-            module = self.base_model.get_submodule(target.module_name)
-            if target.kind == "matrix":
-                out[target.name] = module.sparta_delta
-            else:
-                out[target.name] = module.parametrizations[target.attr][0].sparta_delta
-        return out
+        return {target.name: holder.sparta_delta for target, holder in self._holders()}
 
     def delta_indices(self) -> dict[str, torch.Tensor]:
         """{adapted parameter name: sorted flat int64 positions phi}."""
-        out: dict[str, torch.Tensor] = {}
-        for target in self.targets:
-            module = self.base_model.get_submodule(target.module_name)
-            if target.kind == "matrix":
-                out[target.name] = module.sparta_flat
-            else:
-                out[target.name] = module.parametrizations[target.attr][0].sparta_flat
-        return out
+        return {target.name: holder.sparta_flat for target, holder in self._holders()}
 
     def head_parameters(self) -> dict[str, nn.Parameter]:
         return {name: self.base_model.get_parameter(name) for name in self._head_original}
@@ -240,7 +229,7 @@ class SpartaModel(nn.Module):
     def disable_adapter(self) -> Iterator[None]:
         """Run the base model: pretrained weights at phi and the original head, restored on exit."""
         layers = [layer for _, layer in self.sparta_layers()]
-        vectors = [v for _, v in self._vector_deltas()]
+        vectors = list(self._vector_deltas())
         heads = self.head_parameters()
         trained = {n: p.detach().clone() for n, p in heads.items()}
         try:
