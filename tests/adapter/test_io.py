@@ -119,3 +119,15 @@ def test_dense_deltas_without_the_base_model(tmp_path, batch):
 def test_save_does_not_leave_temporary_files(tmp_path, batch):
     _trained(batch).save_pretrained(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter_config.json", WEIGHTS_NAME]
+
+
+def test_saving_twice_gives_identical_bytes(tmp_path, batch):
+    sm = _trained(batch, steps=1)
+    blobs = set()
+    for i in range(6):
+        sm.save_pretrained(tmp_path / str(i))
+        blobs.add(
+            (tmp_path / str(i) / WEIGHTS_NAME).read_bytes()
+            + (tmp_path / str(i) / "adapter_config.json").read_bytes()
+        )
+    assert len(blobs) == 1

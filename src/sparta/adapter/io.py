@@ -170,7 +170,9 @@ def save_adapter(
     }
 
     def write_weights(tmp: str) -> None:
-        save_file(tensors, tmp, metadata={"format": "pt", "adapter": "sparta"})
+        # one metadata key only: safetensors writes the metadata map in no fixed order, and saving the same
+        # adapter must give the same bytes (resume is checked bitwise; the SHA-256 below is of these bytes)
+        save_file(tensors, tmp, metadata={"format": "pt"})
         document["weights_sha256"] = _sha256(Path(tmp))
 
     _atomic_write(path / WEIGHTS_NAME, write_weights)
