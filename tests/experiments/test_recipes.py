@@ -53,6 +53,13 @@ def test_recipe_expands_to_rows_x_tasks_x_seeds(name, scale, data_dir, tmp_path)
         assert total < 75 * 60, f"{name}: cpu scale estimated at {total / 60:.0f} min"
 
 
+def test_merging_recipe_gives_each_task_its_own_index_seed(data_dir):
+    cells, _ = expand(load_recipe("merging"), "cpu", seeds=[0, 2], overrides={"data_dir": str(data_dir)})
+    by_key = {c.key: c.config("out") for c in cells}
+    assert by_key["sst2/sparta-1/seed2"].index_seed is None and by_key["sst2/sparta-1/seed2"].seed == 2
+    assert by_key["cola/sparta-1/seed0"].index_seed == 1000 and by_key["cola/sparta-1/seed2"].index_seed == 1002
+
+
 def test_glue_skips_missing_tasks_with_a_note(data_dir):
     cells, skipped = expand(load_recipe("glue"), "cpu", overrides={"data_dir": str(data_dir)})
     assert set(skipped) == {"qnli", "qqp", "mnli"} and all(

@@ -66,6 +66,16 @@ def test_sparta_changes_only_the_sampled_entries_of_the_targets_and_the_head(bas
         assert set(diff.tolist()) <= allowed  # only entries at the sampled positions phi
 
 
+def test_index_seed_picks_the_index_set_independently_of_the_training_seed(base_model_dir):
+    def indices(**cfg):
+        return tiny_setup(base_model_dir, "sparta", density=0.1, targets="v_proj", **cfg)[1].delta_indices()
+
+    same, other, by_index_seed = indices(seed=0), indices(seed=5), indices(seed=5, index_seed=0)
+    assert same.keys() == other.keys() == by_index_seed.keys()
+    assert all(torch.equal(same[n], by_index_seed[n]) for n in same)
+    assert not all(torch.equal(same[n], other[n]) for n in same)
+
+
 @pytest.mark.parametrize("method", ["lora", "dora"])
 def test_lora_and_dora_train_adapters_and_the_head_not_the_base(base_model_dir, method):
     model, wrapped, tok = tiny_setup(base_model_dir, method)

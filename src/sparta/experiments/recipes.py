@@ -12,6 +12,8 @@ A cell's settings, lowest precedence first: TrainConfig defaults < scale setting
 settings < the row's definition < scale row settings < per-model row settings < command-line overrides.
 A row may give `budget` instead of `density`: trainable deltas as a fraction of the all-linear weights,
 turned into a density for the row's targets from the model's shapes (same parameter count for every target set).
+`index_seed_offset: K` (any settings level) samples a cell's SpaRTA indices with seed + K instead of its seed, so
+adapters meant to be merged get different index sets per task.
 """
 
 from __future__ import annotations
@@ -244,8 +246,12 @@ def expand(
                 **(overrides or {}),
             }
             budget = settings.pop("budget", definition.get("budget"))
+            offset = settings.pop("index_seed_offset", None)
             for seed in seeds:
-                cell = Cell(task, row, int(seed), recipe.label(row), {**settings, "seed": int(seed)}, budget)
+                seeded = {**settings, "seed": int(seed)}
+                if offset is not None:  # e.g. adapters to be merged: a different index set per task
+                    seeded["index_seed"] = int(seed) + int(offset)
+                cell = Cell(task, row, int(seed), recipe.label(row), seeded, budget)
                 cell.reference = bool(definition.get("reference", False))
                 TrainConfig.from_dict(cell.settings, source=f"recipe {recipe.name} cell {cell.key}")
                 cells.append(cell)

@@ -50,6 +50,7 @@ class TrainConfig:
     # method settings
     density: float = 0.005
     targets: list[str] | None = None  # None: DEFAULT_TARGETS[method]
+    index_seed: int | None = None  # SpaRTA index sampling seed; None: --seed (give adapters to merge different ones)
     lora_r: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.1
@@ -201,6 +202,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--output", "output directory (results.json, log.csv, tb/, adapter)")
     add("--data-dir", "folder holding <task>/<split>.jsonl.gz")
     add("--seed", "seed for torch, python, numpy, data order and SpaRTA indices", type=int)
+    add(
+        "--index-seed",
+        "seed of the SpaRTA index sampling when it should differ from --seed (e.g. adapters meant for merging)",
+        type=_optional(int),
+    )
     add("--overwrite", "replace an output directory holding a finished run", action="store_const", const=True)
     add("--save-every", "write OUTPUT/checkpoint-STEP/ every N optimizer steps", type=_optional(int))
     add("--keep-checkpoints", "how many of the newest checkpoints to keep", type=int)

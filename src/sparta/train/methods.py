@@ -75,7 +75,9 @@ def apply_method(model: nn.Module, cfg: TrainConfig) -> nn.Module:
         from sparta import SpartaConfig, get_sparta_model
 
         config = SpartaConfig(
-            density=cfg.density, target_modules=_target_arg(cfg.target_modules), seed=cfg.seed
+            density=cfg.density,
+            target_modules=_target_arg(cfg.target_modules),
+            seed=cfg.seed if cfg.index_seed is None else cfg.index_seed,
         )
         return get_sparta_model(model, config)
     if cfg.method in ("lora", "dora"):
