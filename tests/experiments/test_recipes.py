@@ -57,7 +57,9 @@ def test_merging_recipe_gives_each_task_its_own_index_seed(data_dir):
     cells, _ = expand(load_recipe("merging"), "cpu", seeds=[0, 2], overrides={"data_dir": str(data_dir)})
     by_key = {c.key: c.config("out") for c in cells}
     assert by_key["sst2/sparta-1/seed2"].index_seed is None and by_key["sst2/sparta-1/seed2"].seed == 2
-    assert by_key["cola/sparta-1/seed0"].index_seed == 1000 and by_key["cola/sparta-1/seed2"].index_seed == 1002
+    assert (
+        by_key["cola/sparta-1/seed0"].index_seed == 1000 and by_key["cola/sparta-1/seed2"].index_seed == 1002
+    )
 
 
 def test_glue_skips_missing_tasks_with_a_note(data_dir):

@@ -50,7 +50,7 @@ class TrainConfig:
     # method settings
     density: float = 0.005
     targets: list[str] | None = None  # None: DEFAULT_TARGETS[method]
-    index_seed: int | None = None  # SpaRTA index sampling seed; None: --seed (give adapters to merge different ones)
+    index_seed: int | None = None  # SpaRTA index sampling seed; None: --seed (differ for adapters to merge)
     lora_r: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.1
