@@ -123,6 +123,21 @@ def test_merged_weights_are_base_plus_weighted_deltas(runs, tmp_path, weights):
         assert torch.equal(head["weight"], trained)
 
 
+def test_merging_the_same_adapters_twice_gives_the_same_bytes(runs, tmp_path):
+    pair = [runs["sentiment"], runs["topic"]]
+    first, second = tmp_path / "a", tmp_path / "b"
+    doc = merge_adapters(pair, first)
+    merge_adapters(pair, second)
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
+    assert Path("heads/topic.safetensors") in files
+    for name in files:
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    with safe_open(str(first / "heads" / "topic.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert list(meta) == ["sparta_task"] and json.loads(meta["sparta_task"]) == doc["tasks"][1]
+
+
 def test_overlap_and_sign_conflicts_match_direct_computation(runs, tmp_path):
     doc = merge_adapters([runs["sentiment"], runs["topic"]], tmp_path / "m")
     (pair,) = doc["interactions"]

@@ -10,21 +10,15 @@ from pathlib import Path
 import huggingface_hub.constants
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, LlamaForCausalLM, LlamaForSequenceClassification
 
 import sparta.cli
 from sparta import models
 from sparta.errors import SpartaError
 from sparta.models import DEFAULT_MODEL, REGISTRY, ResolvedModel, load_model, load_tokenizer, resolve_model
+from tinyconfigs import TINY_LLAMA, tiny_llama_config
 
-TINY = {
-    "vocab_size": 64,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-}
+TINY = {**TINY_LLAMA, "vocab_size": 64}
 
 
 @pytest.fixture
@@ -44,7 +38,8 @@ def tiny_dir(tmp_path):
     """A tiny random Llama saved as a plain HF directory, without a tokenizer."""
     path = tmp_path / "tiny-llama"
     torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(**TINY, pad_token_id=None, eos_token_id=3)).save_pretrained(path)
+    config = tiny_llama_config(vocab_size=64, pad_token_id=None, eos_token_id=3)
+    LlamaForCausalLM(config).save_pretrained(path)
     return path
 
 
@@ -153,6 +148,24 @@ def test_load_model_tasks_dtypes_and_pad(tiny_dir):
 def test_load_model_bad_arguments(tiny_dir, kwargs, match):
     with pytest.raises(SpartaError, match=match):
         load_model(resolve_model(str(tiny_dir)), **kwargs)
+
+
+@pytest.mark.parametrize("local_check", [True, False], ids=["checked-first", "transformers-error"])
+def test_saved_head_with_another_label_count_is_a_sparta_error(tmp_path, monkeypatch, local_check):
+    torch.manual_seed(0)
+    config = tiny_llama_config(vocab_size=64, id2label={0: "neg", 1: "mid", 2: "pos"})
+    LlamaForSequenceClassification(config).save_pretrained(tmp_path / "clf")
+    resolved = resolve_model(str(tmp_path / "clf"))
+    assert load_model(resolved, task="classification", num_labels=3).score.out_features == 3
+    if not local_check:  # as for a hub id: the check runs only once transformers has failed
+        monkeypatch.setattr(ResolvedModel, "is_local", property(lambda self: False))
+    with pytest.raises(SpartaError) as err:
+        load_model(resolved, task="classification", num_labels=2)
+    assert str(err.value) == (
+        f"model {tmp_path / 'clf'} holds a trained classification head with 3 labels (neg, mid, pos), but 2 "
+        "labels were asked for; use it only for a task with 3 labels, or start from the base model it was "
+        "fine-tuned from to train a new 2-label head"
+    )
 
 
 def test_broken_local_model_is_a_sparta_error(tmp_path):

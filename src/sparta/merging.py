@@ -39,6 +39,7 @@ from sparta.errors import SpartaError
 
 MERGED_FILE = "merged.json"
 HEADS_DIR = "heads"
+HEAD_METADATA_KEY = "sparta_task"  # a head file's metadata: its merged.json task entry, as JSON
 MERGED_FORMAT = 1
 RUN_FILE, ADAPTER_DIR, TOKENIZER_DIR = "run.json", "adapter", "tokenizer"  # the training output layout
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
@@ -313,7 +314,9 @@ def merge_adapters(
     tasks = []
     for s, w in zip(sources, weights, strict=True):
         entry = _task_entry(s, w, f"{HEADS_DIR}/{s.name}.safetensors")
-        meta = {k: json.dumps(v) for k, v in entry.items()}
+        # one metadata key holding the entry as JSON: safetensors writes the metadata map in no fixed order, and
+        # merging the same adapters must give the same bytes (files written before kept one key per field)
+        meta = {HEAD_METADATA_KEY: json.dumps(entry, sort_keys=True)}
         save_file(
             {k: v.contiguous() for k, v in read_head(s).items()}, str(output / entry["head_file"]), meta
         )

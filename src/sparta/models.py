@@ -269,13 +269,36 @@ def _torch_dtype(dtype: Any) -> Any:
     return getattr(torch, dtype)
 
 
+def _check_saved_head(resolved: ResolvedModel, num_labels: int) -> None:
+    """Raise a SpartaError when the checkpoint is a sequence classifier whose saved head has other than
+    `num_labels` outputs (transformers would fail with a raw size-mismatch report)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(resolved.path)
+    except (OSError, ValueError):
+        return  # from_pretrained reports it
+    if not any(a.endswith("ForSequenceClassification") for a in config.architectures or []):
+        return
+    found = config.num_labels
+    if found == num_labels:
+        return
+    names = ", ".join(str(config.id2label[i]) for i in sorted(config.id2label))
+    raise SpartaError(
+        f"model {resolved.path} holds a trained classification head with {found} labels ({names}), but "
+        f"{num_labels} labels were asked for; use it only for a task with {found} labels, or start from the "
+        f"base model it was fine-tuned from to train a new {num_labels}-label head"
+    )
+
+
 def load_model(
     resolved: ResolvedModel, task: str = "causal-lm", num_labels: int | None = None, dtype: Any = None
 ) -> Any:
     """Load a transformers model on CPU (fp32 unless `dtype` says otherwise), with `config.pad_token_id` set.
 
     task="causal-lm" gives an AutoModelForCausalLM; task="classification" an AutoModelForSequenceClassification
-    with a freshly initialized head of `num_labels` outputs.
+    with a freshly initialized head of `num_labels` outputs (a sequence classifier checkpoint keeps its saved
+    head, which must have `num_labels` outputs: else a SpartaError).
     """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -289,10 +312,16 @@ def load_model(
         kwargs, auto = {"num_labels": num_labels}, AutoModelForSequenceClassification
     else:
         raise SpartaError(f"unknown task '{task}'; choose one of {', '.join(TASKS)}")
+    if num_labels is not None and resolved.is_local:
+        _check_saved_head(resolved, num_labels)
     try:
         model = auto.from_pretrained(resolved.path, dtype=torch_dtype, **kwargs)
     except (OSError, ValueError) as err:
         raise _load_error(resolved, "model", err) from err
+    except RuntimeError as err:  # transformers: a saved head's size differs from num_labels
+        if num_labels is not None and "mismatch" in str(err).lower():
+            _check_saved_head(resolved, num_labels)
+        raise
     config = model.config
     if config.pad_token_id is None:
         eos = config.eos_token_id

@@ -8,7 +8,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from conftest import tiny_causal_lm, tiny_classifier
+from conftest import mistral_7b_config, tiny_causal_lm, tiny_classifier
 from sparta import SpartaConfig, SpartaError, get_sparta_model
 from sparta.adapter.layer import SpartaLinear
 from sparta.adapter.reference import ReferenceSparta
@@ -207,18 +207,10 @@ def test_hf_trainer_trains_only_deltas_and_head(tmp_path):
 
 
 def test_meta_device_sizing_of_a_7b_config_is_quick_and_small():
-    from transformers import MistralConfig, MistralForCausalLM
+    from transformers import MistralForCausalLM
 
-    config = MistralConfig(
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        vocab_size=32768,
-    )
     with torch.device("meta"):
-        model = MistralForCausalLM(config)
+        model = MistralForCausalLM(mistral_7b_config())
     sm = get_sparta_model(model, SpartaConfig(density=0.001))
     trainable, total = sm.get_nb_trainable_parameters()
     linear = 32 * (4096 * 4096 * 2 + 4096 * 1024 * 2 + 3 * 4096 * 14336)

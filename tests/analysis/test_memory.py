@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import MistralConfig
 
-from conftest import tiny_classifier, tiny_llama_config
+from conftest import mistral_7b_config, tiny_classifier, tiny_llama_config
 from sparta.analysis import memory as mem
 from sparta.errors import SpartaError
 
@@ -15,18 +14,6 @@ PAPER_TABLE_1 = {
     "2B": [4, 16, 16, 8.8, 6.4, 5.2, 4.2],
     "7B": [14, 56, 56, 30.8, 22.4, 18.2, 14.8],
 }
-
-
-def mistral_7b_config() -> MistralConfig:
-    return MistralConfig(
-        vocab_size=32768,
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        tie_word_embeddings=False,
-    )
 
 
 def test_paper_table_1_matches_every_printed_cell():

@@ -97,10 +97,13 @@ def test_errors(tmp_path):
             "custom", data_files={"train": path}, text_fields=("review",), label_field="stars", num_labels=2
         )
     ints = write_jsonl(tmp_path / "i.jsonl", [{"text": "a", "label": k} for k in (0, 1, 2)])
-    with pytest.raises(SpartaError, match=r"labels must lie in 0..1 \(num_labels=2\); found 0..2"):
+    with pytest.raises(
+        SpartaError,
+        match=r"i.jsonl: column 'label' holds labels 2 \(1 row\) that are not ints 0..1 \(num_labels=2\); custom",
+    ):
         get_task("custom", data_files={"train": ints}, num_labels=2)
     neg = write_jsonl(tmp_path / "n.jsonl", [{"text": "a", "label": k} for k in (-1, 1)])
-    with pytest.raises(SpartaError, match="labels must lie in"):
+    with pytest.raises(SpartaError, match="holds labels -1 .* without a label"):
         get_task(neg)
     with pytest.raises(SpartaError, match="data file not found: .*missing.csv"):
         get_task("custom", data_files={"train": str(tmp_path / "missing.csv")})
@@ -119,3 +122,55 @@ def test_errors(tmp_path):
     with pytest.raises(SpartaError, match="unsupported data file type"):
         (tmp_path / "a.txt").write_text("text,label\na,0\n")
         get_task("custom", data_files={"train": str(tmp_path / "a.txt")})
+
+
+UNLABELLED_HINT = "-1, empty and null mark examples without a label (GLUE test splits use -1)"
+
+
+@pytest.mark.parametrize(
+    ("rows", "bad", "expected"),
+    [
+        ([("a", "0"), ("b", "1"), ("c", "-1"), ("d", "-1")], "-1 (2 rows)", "ints 0..1 (num_labels=2)"),
+        ([("a", "pos"), ("b", "neg"), ("c", "-1")], "-1 (1 row)", "among the labels ['neg', 'pos']"),
+        ([("a", "0"), ("b", "1"), ("c", "")], "'' (1 row)", "ints 0..1 (num_labels=2)"),
+        ([("a", "pos"), ("b", "neg"), ("c", " ")], "' ' (1 row)", "among the labels ['neg', 'pos']"),
+        ([("a", "-1"), ("b", "-1")], "-1 (2 rows)", "class labels"),
+    ],
+    ids=["int", "string", "empty-int", "empty-string", "only-unlabelled"],
+)
+def test_unlabelled_rows_in_a_csv_are_an_error_not_a_class(tmp_path, rows, bad, expected):
+    path = write_csv(tmp_path / "train.csv", [{"text": t, "label": y} for t, y in rows])
+    with pytest.raises(SpartaError) as err:
+        get_task(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: column 'label' holds labels {bad} that are not {expected}; ")
+    assert UNLABELLED_HINT in message and "drop those rows, or leave that file out" in message
+    assert message.endswith("custom task labels must be ints 0..c-1 for c classes, or strings (each distinct string is one class)")  # fmt: skip
+
+
+def test_unlabelled_test_file_and_missing_or_null_labels_name_their_file(tmp_path):
+    train = write_csv(tmp_path / "train.csv", [{"text": f"t{i}", "label": i % 3} for i in range(9)])
+    test = write_csv(tmp_path / "test.csv", [{"text": "x", "label": -1}, {"text": "y", "label": 2}])
+    with pytest.raises(
+        SpartaError,
+        match=r"test.csv: column 'label' holds labels -1 \(1 row\) that are not ints 0..2 \(num_labels=3\); -1, empty",
+    ):
+        get_task("custom", data_files={"train": train, "test": test})
+    null = write_jsonl(
+        tmp_path / "null.jsonl", [{"text": "a", "y": "pos"}, {"text": "b", "y": None}, {"text": "c"}]
+    )
+    with pytest.raises(
+        SpartaError,
+        match=r"null.jsonl: column 'y' holds labels null \(2 rows\) that are not among the labels \['pos'\]; -1",
+    ):
+        get_task("custom", data_files={"train": null}, label_field="y")
+    # "-1" is a label like any other once label_names say so
+    given = write_csv(
+        tmp_path / "pm.csv", [{"text": f"t{i}", "label": ("-1", "1")[i % 2]} for i in range(20)]
+    )
+    task = get_task("custom", data_files={"train": given}, label_names=("-1", "1"))
+    assert task.label_names == ("-1", "1")
+    assert sorted({r["label"] for r in load_splits(task)["train"]}) == [0, 1]
+    # string labels that are ints keep working as ids
+    strs = write_jsonl(tmp_path / "s.jsonl", [{"text": f"t{i}", "label": str(i % 2)} for i in range(10)])
+    assert get_task(strs).label_names == ("0", "1")

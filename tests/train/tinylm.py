@@ -93,22 +93,13 @@ def make_tokenizer(chat: bool):
 
 
 def make_causal_lm(vocab_size: int, tied: bool, seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
+
+    from tinyconfigs import tiny_llama_config
 
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        pad_token_id=0,
-        bos_token_id=2,
-        eos_token_id=3,
-        tie_word_embeddings=tied,
-    )
+    config = tiny_llama_config(vocab_size=vocab_size, max_position_embeddings=128, bos_token_id=2,
+                               eos_token_id=3, num_labels=2, tie_word_embeddings=tied)  # fmt: skip
     return LlamaForCausalLM(config)
 
 

@@ -157,8 +157,10 @@ def custom_task(
     """Build a task from CSV/TSV/JSONL/JSON files (optionally gzipped).
 
     Int labels (or int-like strings, as CSV gives) are used as ids, ``num_labels`` defaulting to max + 1. Other
-    string labels are mapped to ids in sorted order (or in the order of ``label_names`` when given). Without a dev
-    file, 10% of train (at most 1000) is carved off as dev; without a test file the test split is empty.
+    string labels are mapped to ids in sorted order (or in the order of ``label_names`` when given). -1, empty and
+    null mark unlabelled rows (GLUE test splits): like any label outside the task's, a SpartaError naming the file.
+    Without a dev file, 10% of train (at most 1000) is carved off as dev; without a test file the test split is
+    empty.
     """
     unknown = set(data_files) - set(_CUSTOM_SPLITS)
     if unknown or "train" not in data_files:
@@ -167,7 +169,7 @@ def custom_task(
         )
     text_fields = (text_fields,) if isinstance(text_fields, str) else tuple(text_fields)
     files = tuple((_CUSTOM_SPLITS[k], str(v)) for k, v in data_files.items())
-    raw: list[object] = []
+    labels: list[tuple[str, list[object]]] = []  # (file, its label values)
     n_train = 0
     for split, path in files:
         rows = read_records(path)
@@ -176,25 +178,23 @@ def custom_task(
                 raise SpartaError(
                     f"{path}: column {col!r} not found; the columns are {', '.join(map(repr, rows[0]))}"
                 )
-        raw += [r[label_field] for r in rows]
+        labels.append((path, [r.get(label_field) for r in rows]))
         n_train += len(rows) if split == "train" else 0
+    given = [v for _, values in labels for v in values if not _unlabelled(v)]
+    ints = label_names is None and bool(given) and all(_intlike(v) for v in given)
     label_values: tuple[str, ...] = ()
-    if label_names is None and all(_intlike(v) for v in raw):
-        ids = sorted({int(v) for v in raw})
-        n = num_labels or ids[-1] + 1
-        if ids[0] < 0 or ids[-1] >= n:
-            raise SpartaError(
-                f"custom task labels must lie in 0..{n - 1} (num_labels={n}); found {ids[0]}..{ids[-1]}"
-            )
+    if ints:
+        n = num_labels or max(int(v) for v in given) + 1
         label_names = tuple(str(i) for i in range(n))
+        expected = f"ints 0..{n - 1} (num_labels={n})"
+    elif label_names:
+        label_names = label_values = tuple(label_names)
+        expected = f"among label_names {list(label_values)}"
     else:
-        label_values = tuple(label_names) if label_names else tuple(sorted({str(v) for v in raw}))
-        missing = sorted({str(v) for v in raw} - set(label_values))
-        if missing:
-            raise SpartaError(
-                f"custom task labels {missing[:5]} are not among label_names {list(label_values)}"
-            )
-        label_names = label_values
+        label_names = label_values = tuple(sorted({str(v) for v in given}))
+        expected = f"among the labels {list(label_values)}" if label_values else "class labels"
+    for path, values in labels:
+        _check_labels(path, label_field, values, set(label_names), ints, expected)
     if num_labels is not None and num_labels != len(label_names):
         raise SpartaError(f"num_labels={num_labels} but the custom task has labels {list(label_names)}")
     words = tuple(overrides.pop("label_words", None) or label_names)
@@ -239,6 +239,39 @@ def _intlike(v: object) -> bool:
     if isinstance(v, bool | int):
         return True
     return isinstance(v, str) and v.strip().lstrip("-").isdigit()
+
+
+def _unlabelled(v: object) -> bool:
+    """A value marking an example without a label: null, empty, or a negative int (GLUE test splits use -1)."""
+    return v is None or (isinstance(v, str) and not v.strip()) or (_intlike(v) and int(v) < 0)
+
+
+def _check_labels(
+    path: str, column: str, values: list[object], valid: set[str], ints: bool, expected: str
+) -> None:
+    """Raise a SpartaError naming the file, the column and the label values that are not in `valid` (read as
+    `_normalise` reads them: by int value when `ints`, else as text)."""
+    bad: dict[str, int] = {}
+    for v in values:
+        key = str(int(v)) if ints and _intlike(v) else str(v)
+        if key not in valid:
+            shown = "null" if v is None else repr(v) if isinstance(v, str) and not v.strip() else key
+            bad[shown] = bad.get(shown, 0) + 1
+    if not bad:
+        return
+    shown = ", ".join(f"{k} ({n} row{'s' * (n > 1)})" for k, n in sorted(bad.items())[:5])
+    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    unlabelled = any(_unlabelled(v) for v in values)
+    hint = (
+        "-1, empty and null mark examples without a label (GLUE test splits use -1): drop those rows, or leave "
+        "that file out (a test file needs labels to be scored); "
+        if unlabelled
+        else ""
+    )
+    raise SpartaError(
+        f"{path}: column {column!r} holds labels {shown}{more} that are not {expected}; {hint}custom task "
+        "labels must be ints 0..c-1 for c classes, or strings (each distinct string is one class)"
+    )
 
 
 def _or(words: tuple[str, ...]) -> str:
