@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random models built from configs (fast), and paths to the real assets (slow tests)."""
+"""Shared fixtures: a tiny batch and the paths to the real assets (slow tests); the tiny models are in
+tinyconfigs.py (a plain module, since `from conftest import` is ambiguous next to tests/train/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,24 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaForCausalLM, LlamaForSequenceClassification
-
-from tinyconfigs import mistral_7b_config, tiny_llama_config  # noqa: F401  (re-exported for the tests)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SPARTA_DATA_DIR", REPO.parent / "shared" / "data"))
-
-
-def tiny_classifier(
-    seed: int = 0, dtype: torch.dtype = torch.float32, **overrides
-) -> LlamaForSequenceClassification:
-    torch.manual_seed(seed)
-    return LlamaForSequenceClassification(tiny_llama_config(**overrides)).to(dtype).eval()
-
-
-def tiny_causal_lm(seed: int = 0, **overrides) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(tiny_llama_config(**overrides)).eval()
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The model configs the tests build on, in one place: the tiny random Llama and a Mistral-7B-shaped config.
+"""The models the tests build on, in one place: the tiny random Llama (config, classifier, causal LM) and a
+Mistral-7B-shaped config.
 
 A plain module, not a conftest: pytest puts tests/ on sys.path (the rootdir conftest is imported with the default
 ``prepend`` mode), so any test or helper module can ``from tinyconfigs import ...``.
@@ -8,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import LlamaConfig, MistralConfig
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, MistralConfig
 
 TINY_LLAMA: dict[str, Any] = {  # the architecture of every tiny test model
     "vocab_size": 128,
@@ -44,3 +46,15 @@ def mistral_7b_config(**overrides: Any) -> MistralConfig:
         "tie_word_embeddings": False,
     }
     return MistralConfig(**(values | overrides))
+
+
+def tiny_classifier(
+    seed: int = 0, dtype: torch.dtype = torch.float32, **overrides: Any
+) -> LlamaForSequenceClassification:
+    torch.manual_seed(seed)
+    return LlamaForSequenceClassification(tiny_llama_config(**overrides)).to(dtype).eval()
+
+
+def tiny_causal_lm(seed: int = 0, **overrides: Any) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(tiny_llama_config(**overrides)).eval()

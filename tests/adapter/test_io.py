@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_classifier
 from sparta import SpartaConfig, SpartaError, SpartaModel, get_sparta_model
 from sparta.adapter.io import WEIGHTS_NAME, adapter_bytes, iter_dense_deltas
+from tinyconfigs import tiny_classifier
 
 
 def _trained(batch, density=0.2, steps=5, seed=0, **config):

@@ -9,9 +9,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import tiny_classifier
 from sparta import SpartaConfig, SpartaError, SpartaModel, get_sparta_model
 from sparta.adapter.io import CONFIG_NAME, WEIGHTS_NAME
+from tinyconfigs import tiny_classifier
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 

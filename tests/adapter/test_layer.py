@@ -42,7 +42,7 @@ def test_delta_gradient_equals_dense_gradient_at_indices(layer_type, with_bias):
     out.pow(2).sum().backward()
 
     x_ref = x.detach().clone().requires_grad_(True)
-    bias = None if base.bias is None else base.bias.detach()
+    bias = None if layer.bias is None else layer.bias.detach()
     w = reference.t() if layer_type == "conv1d" else reference
     torch.nn.functional.linear(x_ref, w, bias).pow(2).sum().backward()
 
@@ -99,6 +99,6 @@ def test_fused_optimizer_step_is_seen_by_the_next_forward():
     opt.step()
     y = layer(x)
     dense = layer.sparta_orig + layer.sparta_delta.detach()
-    w = base.weight.detach().clone().reshape(-1)
+    w = layer.weight.detach().clone().reshape(-1)
     w[layer.sparta_flat] = dense
     torch.testing.assert_close(y, x @ w.view(8, 8).t())

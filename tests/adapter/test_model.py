@@ -8,10 +8,10 @@ from transformers import (
     TrainingArguments,
 )
 
-from conftest import mistral_7b_config, tiny_causal_lm, tiny_classifier
 from sparta import SpartaConfig, SpartaError, get_sparta_model
 from sparta.adapter.layer import SpartaLinear
 from sparta.adapter.reference import ReferenceSparta
+from tinyconfigs import mistral_7b_config, tiny_causal_lm, tiny_classifier
 
 
 def _names(model, cls=SpartaLinear):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import mistral_7b_config, tiny_classifier, tiny_llama_config
 from sparta.analysis import memory as mem
 from sparta.errors import SpartaError
+from tinyconfigs import mistral_7b_config, tiny_classifier, tiny_llama_config
 
 # The paper's Table 1, as printed (GB): storage, Full FT, SpaRTA at 50/80/90/95/99% sparsity.
 PAPER_TABLE_1 = {

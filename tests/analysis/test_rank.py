@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import tiny_causal_lm, tiny_classifier
 from sparta.analysis.rank import delta_ranks, format_layers, full_model_ranks, rank_of, singular_values
 from sparta.errors import SpartaError
+from tinyconfigs import tiny_causal_lm, tiny_classifier
 
 # (layer, matrix) -> rank of the update added to it; every other weight is unchanged.
 UPDATES = {

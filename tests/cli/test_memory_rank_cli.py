@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import sparta.cli
-from conftest import tiny_causal_lm
 from sparta.analysis.memory import PAPER_SPARSITIES
+from tinyconfigs import tiny_causal_lm
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from typing import Any
 from sparta.errors import SpartaError
 
 ALL_LINEAR = "all-linear"
+MERGE_MODES = ("inplace", "functional")
 
 
 @dataclass
@@ -52,6 +53,14 @@ class SpartaConfig:
         default="float32",
         metadata={"help": "dtype of the trainable deltas during training (float32 recommended)."},
     )
+    merge_mode: str = field(
+        default="inplace",
+        metadata={
+            "help": "'inplace': the deltas are merged into the frozen weights' storage (fastest; single process, "
+            "DDP, ZeRO-1/2). 'functional': the weights stay the pretrained values and each forward merges into a "
+            "temporary copy (FSDP, ZeRO-3: engines that shard parameters). Same numbers either way."
+        },
+    )
 
     def __post_init__(self) -> None:
         self.density = _check_density(self.density, "density")
@@ -72,6 +81,7 @@ class SpartaConfig:
         self.head_modules = list(self.head_modules)
         if self.delta_dtype not in ("float32", "bfloat16", "float16"):
             raise SpartaError(f"delta_dtype must be float32, bfloat16 or float16, got {self.delta_dtype!r}")
+        check_merge_mode(self.merge_mode)
 
     def density_for(self, module_name: str) -> float:
         """The density of one targeted module: the first matching override, else the global density."""
@@ -103,6 +113,13 @@ def _check_density(value: Any, what: str) -> float:
     if not 0.0 < density <= 1.0:
         raise SpartaError(f"{what} must be in (0, 1] (e.g. 0.005 for 0.5%), got {value!r}")
     return density
+
+
+def check_merge_mode(mode: Any) -> str:
+    """`mode` if it is a known merge mode, else a SpartaError that names the choices."""
+    if mode not in MERGE_MODES:
+        raise SpartaError(f"merge_mode must be one of {', '.join(MERGE_MODES)}, got {mode!r}")
+    return mode
 
 
 def _compile(pattern: str) -> re.Pattern[str]:

@@ -54,6 +54,15 @@ def _atomic_write(path: Path, write: Any) -> None:
         raise
 
 
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor, detached: a parameter sharded by FSDP2 (a DTensor) is all-gathered, a collective, so
+    under FSDP every rank must call `save_adapter` (each with its own `path`, or only rank 0 keeping its files)."""
+    from torch.distributed.tensor import DTensor
+
+    t = t.detach()
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
 def _encode_indices(
     name: str, flat: torch.Tensor, shape: tuple[int, ...], index_format: str
 ) -> dict[str, torch.Tensor]:
@@ -141,7 +150,7 @@ def save_adapter(
             "count": int(flat.numel()),
             "kind": target.kind,
         }
-        tensors[f"delta/{target.name}"] = deltas[target.name].detach().to(dtype).cpu().contiguous()
+        tensors[f"delta/{target.name}"] = _full(deltas[target.name]).to(dtype).cpu().contiguous()
         if index_format == "seed":
             meta["checksum"] = indices_checksum(flat.numpy())
         else:
@@ -149,7 +158,7 @@ def save_adapter(
         params[target.name] = meta
     heads = {}
     for name, p in model.head_parameters().items():
-        tensors[f"head/{name}"] = p.detach().to(dtype).cpu().contiguous()
+        tensors[f"head/{name}"] = _full(p).to(dtype).cpu().contiguous()
         heads[name] = list(p.shape)
     base = model.base_model
     base_config = getattr(base, "config", None)

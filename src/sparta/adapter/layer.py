@@ -12,6 +12,11 @@ the sampled positions phi:
   original values, ``W[phi] = W0[phi] + delta``, never by subtracting the old delta, so nothing drifts and
   ``unload()`` restores W0 bit for bit in any dtype.
 
+That is the default ``"inplace"`` merge mode. In ``"functional"`` mode (for engines that shard parameters: FSDP,
+DeepSpeed ZeRO-3) the weight Parameter always holds exactly W0 and is never written; each forward builds
+``W = W0 + scatter(phi, delta)`` out of place as a temporary, and the backward rebuilds it rather than keeping it
+alive in between. Both modes compute the same numbers and the same delta gradients.
+
 `SparseVectorDelta` is a parametrization for 1-D parameters (biases, norm weights): tiny tensors for which a
 fresh ``W0.index_put(phi, W0[phi] + delta)`` per forward costs nothing and keeps W0 untouched.
 """
@@ -23,6 +28,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from sparta.adapter.config import check_merge_mode
 
 # sampled_addmm on a CSR pattern is all we use of the beta sparse API; its once-per-process notice is noise here.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
@@ -102,54 +109,110 @@ class _SyncState:
         self.disabled = False
 
 
+def _oriented(weight: torch.Tensor, transposed: bool) -> torch.Tensor:
+    return weight.t() if transposed else weight
+
+
+def merged_weight(weight: torch.Tensor, flat: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """A new tensor: `weight` with ``weight[phi] + delta`` at phi (summed in the delta's dtype, then cast, as
+    `SpartaLinear.sync` does). `weight` is not written and no graph is recorded."""
+    with torch.no_grad():
+        w = weight.reshape(-1)
+        values = (w[flat].to(delta.dtype) + delta).to(w.dtype)
+        return w.index_put((flat,), values).view_as(weight)
+
+
+def _linear_grads(ctx, grad_out, x, weight, crow, col):  # noqa: ANN001, ANN202
+    """(grad_x, grad_bias, grad_delta) of y = x W^T + b, the delta gradient at phi only (W: the merged weight)."""
+    grad_x = grad_bias = grad_delta = None
+    if ctx.needs_input_grad[0]:
+        # under autocast grad_out may be bf16 while the frozen weight is fp32
+        grad_x = grad_out @ _oriented(weight, ctx.transposed).to(grad_out.dtype)
+    g2 = grad_out.reshape(-1, grad_out.shape[-1])
+    if ctx.needs_input_grad[2]:
+        grad_bias = g2.sum(0).to(ctx.bias_dtype)
+    if ctx.needs_input_grad[3]:
+        x2 = x.reshape(-1, x.shape[-1])
+        if ctx.transposed:
+            grad_delta = sampled_dot(x2, g2, crow, col, cached="row")
+        else:
+            grad_delta = sampled_dot(g2, x2, crow, col, cached="col")
+        grad_delta = grad_delta.to(ctx.delta_dtype)
+    return grad_x, grad_bias, grad_delta
+
+
+def _save_meta(ctx, bias, delta, transposed) -> None:  # noqa: ANN001
+    ctx.transposed = transposed
+    ctx.bias_dtype = None if bias is None else bias.dtype
+    ctx.delta_dtype = delta.dtype
+
+
 class _SparseDeltaLinearFn(torch.autograd.Function):
     """y = x W^T + b with W already merged; gradients for x, b (if needed) and the deltas at phi only."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, delta, crow, col, transposed, state):  # noqa: ANN001
         ctx.save_for_backward(x, weight, crow, col)
-        ctx.transposed = transposed
+        _save_meta(ctx, bias, delta, transposed)
         ctx.state = state
-        ctx.bias_dtype = None if bias is None else bias.dtype
-        ctx.delta_dtype = delta.dtype
-        return F.linear(x, weight.t() if transposed else weight, bias)
+        return F.linear(x, _oriented(weight, transposed), bias)
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: ANN001
         x, weight, crow, col = ctx.saved_tensors
-        grad_x = grad_bias = grad_delta = None
-        if ctx.needs_input_grad[0]:
-            # under autocast grad_out may be bf16 while the frozen weight is fp32
-            grad_x = grad_out @ (weight.t() if ctx.transposed else weight).to(grad_out.dtype)
-        g2 = grad_out.reshape(-1, grad_out.shape[-1])
-        if ctx.needs_input_grad[2]:
-            grad_bias = g2.sum(0).to(ctx.bias_dtype)
-        if ctx.needs_input_grad[3]:
-            x2 = x.reshape(-1, x.shape[-1])
-            if ctx.transposed:
-                grad_delta = sampled_dot(x2, g2, crow, col, cached="row")
-            else:
-                grad_delta = sampled_dot(g2, x2, crow, col, cached="col")
-            grad_delta = grad_delta.to(ctx.delta_dtype)
-            ctx.state.dirty = True
+        grad_x, grad_bias, grad_delta = _linear_grads(ctx, grad_out, x, weight, crow, col)
+        if grad_delta is not None:
+            ctx.state.dirty = True  # an optimizer step may follow (fused optimizers do not bump _version)
+        return grad_x, None, grad_bias, grad_delta, None, None, None, None
+
+
+class _FunctionalSparseDeltaLinearFn(torch.autograd.Function):
+    """As `_SparseDeltaLinearFn`, but `weight` is W0: the merged W is built out of place in forward and rebuilt
+    in backward (only when the input needs a gradient), never kept alive in between. What autograd saves is W0
+    and the delta themselves, which FSDP frees after forward and re-gathers for backward as usual; keeping the
+    merged copy instead would hold one full weight per adapted layer from forward to backward."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, delta, flat, crow, col, transposed):  # noqa: ANN001
+        ctx.save_for_backward(x, weight, delta, flat, crow, col)
+        _save_meta(ctx, bias, delta, transposed)
+        return F.linear(x, _oriented(merged_weight(weight, flat, delta), transposed), bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: ANN001
+        x, weight, delta, flat, crow, col = ctx.saved_tensors
+        merged = merged_weight(weight, flat, delta) if ctx.needs_input_grad[0] else None
+        grad_x, grad_bias, grad_delta = _linear_grads(ctx, grad_out, x, merged, crow, col)
         return grad_x, None, grad_bias, grad_delta, None, None, None, None
 
 
 class SpartaLinear(nn.Module):
-    """A Linear (or Conv1D) layer with a sparse trainable delta merged into its frozen weight.
+    """A Linear (or Conv1D) layer with a sparse trainable delta on its frozen weight.
 
-    The wrapped layer's own ``weight``/``bias`` Parameters are reused (no copy); the original module is kept
-    aside and put back by :meth:`restore`.
+    The wrapped layer's own ``weight``/``bias`` Parameters are moved here (no copy); the original module is kept
+    aside, holding no parameters meanwhile (an engine that replaces this layer's Parameters, such as FSDP, must
+    not find a stale reference there), and gets them back from :meth:`restore`. `merge_mode` is ``"inplace"``
+    (the delta merged into the weight storage) or ``"functional"`` (the weight stays W0; see the module doc).
     """
 
     def __init__(
-        self, base: nn.Module, flat_indices: torch.Tensor, *, transposed: bool, delta_dtype: torch.dtype
+        self,
+        base: nn.Module,
+        flat_indices: torch.Tensor,
+        *,
+        transposed: bool,
+        delta_dtype: torch.dtype,
+        merge_mode: str = "inplace",
     ):
         super().__init__()
         object.__setattr__(self, "_base", base)  # hidden: not a submodule, no duplicate parameters
         self.weight: nn.Parameter = base.weight
         self.bias: nn.Parameter | None = base.bias
+        base.weight = None
+        if self.bias is not None:
+            base.bias = None
         self.transposed = transposed
+        self.merge_mode = check_merge_mode(merge_mode)
         rows, cols = self.weight.shape
         device = self.weight.device
         flat = flat_indices.to(device=device, dtype=torch.int64)
@@ -179,15 +242,21 @@ class SpartaLinear(nn.Module):
 
     def extra_repr(self) -> str:
         rows, cols = self.weight.shape
-        return f"weight={tuple(self.weight.shape)}, nnz={self.sparta_delta.numel()}, density={self.sparta_delta.numel() / (rows * cols):.4g}"
+        nnz = self.sparta_delta.numel()
+        return (
+            f"weight={tuple(self.weight.shape)}, nnz={nnz}, density={nnz / (rows * cols):.4g}, "
+            f"merge_mode={self.merge_mode}"
+        )
 
     # -- keeping W = W0 + delta at phi -------------------------------------------------------------------------
     def _sync_key(self) -> tuple[int, int, int]:
         return (self.sparta_delta._version, self.sparta_delta.data_ptr(), self.weight.data_ptr())
 
     def sync(self, force: bool = False) -> None:
-        """Rewrite W[phi] = W0[phi] + delta (computed in the delta's precision, then cast) if anything changed."""
-        if self._state.disabled or self.weight.device.type == "meta":
+        """Rewrite W[phi] = W0[phi] + delta (computed in the delta's precision, then cast) if anything changed.
+
+        Only in inplace mode: a functional layer's weight is W0 at all times."""
+        if self.merge_mode != "inplace" or self._state.disabled or self.weight.device.type == "meta":
             return
         if not (force or self._state.dirty or self._state.key != self._sync_key()):
             return
@@ -198,9 +267,18 @@ class SpartaLinear(nn.Module):
         self._state.key = self._sync_key()
 
     def write_original(self) -> None:
-        """Put the exact pretrained values back at phi (the weight is then bitwise W0)."""
+        """Put the exact pretrained values back at phi (the weight is then bitwise W0; functional: it is)."""
+        if self.merge_mode != "inplace":
+            return
         with torch.no_grad():
             self.weight.view(-1).index_copy_(0, self.sparta_flat, self.sparta_orig)
+        self._state.key = None
+
+    def merge_weight(self) -> None:
+        """Write W0[phi] + delta into the weight storage in either mode (to hand the layer back merged)."""
+        with torch.no_grad():
+            merged = (self.sparta_orig.to(self.sparta_delta.dtype) + self.sparta_delta).to(self.weight.dtype)
+            self.weight.view(-1).index_copy_(0, self.sparta_flat, merged)
         self._state.key = None
 
     def set_disabled(self, disabled: bool) -> None:
@@ -210,6 +288,15 @@ class SpartaLinear(nn.Module):
         self._state.disabled = disabled
         if not disabled:
             self.sync(force=True)
+
+    def set_merge_mode(self, mode: str) -> None:
+        """Switch between "inplace" and "functional"; the weight storage is W0 in between (bitwise)."""
+        check_merge_mode(mode)
+        if mode == self.merge_mode:
+            return
+        self.write_original()
+        self.merge_mode = mode
+        self._state.key, self._state.dirty = None, True  # inplace: merge again in the next forward
 
     def restore(self) -> nn.Module:
         """The original module, holding this layer's current Parameters (merged or not: see the caller)."""
@@ -224,6 +311,8 @@ class SpartaLinear(nn.Module):
         if self._state.disabled:
             weight = self.weight.t() if self.transposed else self.weight
             return F.linear(x, weight, self.bias)
+        if self.merge_mode == "functional":
+            return self._functional_forward(x)
         self.sync()
         if not (self.sparta_delta.requires_grad and torch.is_grad_enabled()):
             weight = self.weight.t() if self.transposed else self.weight
@@ -237,6 +326,21 @@ class SpartaLinear(nn.Module):
             self.sparta_col,
             self.transposed,
             self._state,
+        )
+
+    def _functional_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.sparta_delta.requires_grad and torch.is_grad_enabled()):
+            weight = merged_weight(self.weight, self.sparta_flat, self.sparta_delta)
+            return F.linear(x, _oriented(weight, self.transposed), self.bias)
+        return _FunctionalSparseDeltaLinearFn.apply(
+            x,
+            self.weight,
+            self.bias,
+            self.sparta_delta,
+            self.sparta_flat,
+            self.sparta_crow,
+            self.sparta_col,
+            self.transposed,
         )
 
 

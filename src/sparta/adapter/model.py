@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from sparta.adapter.config import ALL_LINEAR, SpartaConfig, _compile, _matches
+from sparta.adapter.config import ALL_LINEAR, SpartaConfig, _compile, _matches, check_merge_mode
 from sparta.adapter.fingerprint import model_fingerprint
 from sparta.adapter.layer import SparseVectorDelta, SpartaLinear
 from sparta.adapter.sampling import count_indices, sample_indices
@@ -157,7 +157,13 @@ class SpartaModel(nn.Module):
                 _set_module(
                     model,
                     target.module_name,
-                    SpartaLinear(module, flat, transposed=transposed, delta_dtype=delta_dtype),
+                    SpartaLinear(
+                        module,
+                        flat,
+                        transposed=transposed,
+                        delta_dtype=delta_dtype,
+                        merge_mode=config.merge_mode,
+                    ),
                 )
             else:
                 parametrize.register_parametrization(
@@ -221,9 +227,19 @@ class SpartaModel(nn.Module):
 
     # -- weights ---------------------------------------------------------------------------------------------------
     def sync_weights(self) -> None:
-        """Re-merge every delta now (forward does this lazily after each optimizer step)."""
+        """Re-merge every delta now (forward does this lazily after each optimizer step); functional: nothing to do."""
         for _, layer in self.sparta_layers():
             layer.sync(force=True)
+
+    def set_merge_mode(self, mode: str) -> None:
+        """Switch every layer to "inplace" or "functional" merging (and the config with them).
+
+        Switching writes the pretrained values back first, so the weights are bitwise W0 in functional mode.
+        Switch before an engine that shards parameters (FSDP, ZeRO-3) wraps the model, never after."""
+        check_merge_mode(mode)
+        for _, layer in self.sparta_layers():
+            layer.set_merge_mode(mode)
+        self.sparta_config.merge_mode = mode
 
     @contextlib.contextmanager
     def disable_adapter(self) -> Iterator[None]:
@@ -254,7 +270,7 @@ class SpartaModel(nn.Module):
         model = self.base_model
         for name, layer in list(self.sparta_layers()):
             if merge:
-                layer.sync(force=True)
+                layer.merge_weight()
             else:
                 layer.write_original()
             _set_module(model, name, layer.restore())

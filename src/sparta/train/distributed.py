@@ -3,6 +3,7 @@
 Under `accelerate launch` (WORLD_SIZE > 1) an `accelerate.Accelerator` wraps the model in DDP (or whatever the
 launch config asks for) and the optimizer; each rank trains on its slice of every global batch. A plain process
 gets `Runtime.single()`, whose operations are no-ops, so the loop behaves exactly as a single-process loop.
+Engines that shard parameters (FSDP, DeepSpeed ZeRO-3) get SpaRTA in its functional merge mode (`merge_mode_for`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +45,10 @@ class Runtime:
         # Buffers never change during training (no batch norm in these LMs): skip the per-forward broadcast.
         ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
         acc = Accelerator(cpu=cpu, kwargs_handlers=[ddp], step_scheduler_with_optimizer=False)
+        if str(acc.distributed_type).upper().endswith("FSDP") and not getattr(acc, "is_fsdp2", False):
+            raise SpartaError(
+                "sparta train supports FSDP2 only: set fsdp_version: 2 in the accelerate config"
+            )
         return cls(acc.process_index, acc.num_processes, acc)
 
     @property
@@ -53,12 +59,18 @@ class Runtime:
     def distributed(self) -> bool:
         return self.accelerator is not None and self.world > 1
 
-    def check(self, method: str) -> None:
-        """check_engine for this launch."""
+    @property
+    def sharded(self) -> bool:
+        """True when the engine shards parameters (FSDP, DeepSpeed ZeRO-3)."""
         if self.accelerator is None:
-            return
+            return False
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
-        check_engine(str(self.accelerator.distributed_type), getattr(plugin, "zero_stage", None), method)
+        return shards_parameters(str(self.accelerator.distributed_type), getattr(plugin, "zero_stage", None))
+
+    @property
+    def merge_mode(self) -> str:
+        """SpaRTA's merge mode for this launch (see `merge_mode_for`)."""
+        return "functional" if self.sharded else "inplace"
 
     def device(self, default: torch.device) -> torch.device:
         return self.accelerator.device if self.accelerator is not None else default
@@ -100,20 +112,44 @@ class Runtime:
         if self.distributed:
             self.accelerator.wait_for_everyone()
 
+    @contextlib.contextmanager
+    def full_parameters(self, model: nn.Module) -> Iterator[None]:
+        """Every rank holds the whole parameters inside (a collective: all ranks must enter), so rank 0 can save
+        them as plain tensors. A no-op unless the engine shards parameters."""
+        if not (self.distributed and self.sharded):
+            yield
+            return
+        if str(self.accelerator.distributed_type).upper().endswith("DEEPSPEED"):
+            import deepspeed
 
-def check_engine(distributed_type: str, zero_stage: int | None, method: str) -> None:
-    """Refuse engines that shard parameters (FSDP, DeepSpeed ZeRO-3) for SpaRTA.
+            with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+                yield
+            return
+        from torch.distributed.fsdp import FSDPModule
 
-    A SpartaLinear merges its delta into the frozen weight in place (W[phi] = W0[phi] + delta, lazily before the
-    next forward). With sharded parameters the full weight only exists transiently during forward and backward,
-    so that in-place merge would be lost or applied to the wrong storage. DDP and ZeRO-1/2 replicate parameters
-    and are fine; LoRA/DoRA/head/full have no such state and may use any engine.
+        units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+        for unit in units:
+            unit.unshard()
+        try:
+            yield
+        finally:
+            for unit in units:
+                unit.reshard()
+
+
+def shards_parameters(distributed_type: str, zero_stage: int | None) -> bool:
+    """True for accelerate's FSDP and for DeepSpeed ZeRO-3 (`distributed_type` as str(DistributedType.X))."""
+    engine = distributed_type.upper()
+    return engine.endswith("FSDP") or (engine.endswith("DEEPSPEED") and (zero_stage or 0) >= 3)
+
+
+def merge_mode_for(distributed_type: str, zero_stage: int | None) -> str:
+    """SpaRTA's merge mode for an engine: "functional" where parameters are sharded, else "inplace".
+
+    In place, a SpartaLinear writes W[phi] = W0[phi] + delta into its frozen weight's storage before a forward.
+    With sharded parameters the full weight exists only transiently (all-gathered for forward and backward,
+    freed after), so that write would be lost or land in the wrong storage: FSDP2 on CPU, measured, trains a
+    different trajectory and leaves the weights at W0. Functional mode never writes the weight and builds the
+    merged W per forward instead. DDP and ZeRO-1/2 replicate parameters and keep the faster in-place merge.
     """
-    sharded = distributed_type.upper().endswith("FSDP") or (
-        distributed_type.upper().endswith("DEEPSPEED") and (zero_stage or 0) >= 3
-    )
-    if method == "sparta" and sharded:
-        raise SpartaError(
-            f"sparta cannot train under {distributed_type} with sharded parameters (its deltas are merged into "
-            "the frozen weights in place); use DDP (accelerate launch --multi_gpu) or DeepSpeed ZeRO-1/2"
-        )
+    return "functional" if shards_parameters(distributed_type, zero_stage) else "inplace"

@@ -132,16 +132,21 @@ def predict_logits(
     """(N, C) float32 logits in example order; batches are length-sorted to limit padding.
 
     With a multi-process `rt`, each rank scores every world-th batch and the logits are gathered on all ranks.
+    Where parameters are sharded every forward is a collective: all ranks run as many (stand-ins discarded).
     """
     was_training = model.training
     model.eval()
-    batches = D.sorted_batches(data.lengths, batch_size)
+    every = D.sorted_batches(data.lengths, batch_size)
+    batches, calls = every, len(every)
     if rt is not None and rt.distributed:
-        batches = batches[rt.rank :: rt.world]
+        batches = every[rt.rank :: rt.world]
+        calls = -(-len(every) // rt.world) if rt.sharded else len(batches)
+    stand_ins = every[:1] * (calls - len(batches))
     parts = []
-    for idx, batch in D.iter_batches(data, batches, pad_id, padding_side):
+    for idx, batch in D.iter_batches(data, batches + stand_ins, pad_id, padding_side):
         batch.pop("labels")
         parts.append((idx, model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()))
+    parts = parts[: len(batches)]
     model.train(was_training)
     if rt is not None and rt.distributed:
         parts = [part for rank_parts in rt.gather(parts) for part in rank_parts]
@@ -280,7 +285,11 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     from sparta.tasks import format_input, load_splits
 
     rt = Runtime.from_launch(cfg.device) if launched_distributed() else Runtime.single()
-    rt.check(cfg.method)
+    if rt.sharded and (cfg.save_every or cfg.resume):
+        raise SpartaError(
+            "checkpoints (--save-every, --resume) are not supported when FSDP or ZeRO-3 shard the parameters yet; "
+            "train without them, or use DDP / ZeRO-1/2"
+        )
     if not rt.is_main:
         log = _quiet
     resume = bool(cfg.resume)
@@ -355,6 +364,8 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
         for s, m in zero_shot.items():
             log(f"zero-shot {s}: {_fmt(m)}")
     model = net = M.apply_method(model, cfg)
+    if hasattr(net, "set_merge_mode"):  # SpaRTA: functional where the engine shards parameters
+        net.set_merge_mode(rt.merge_mode)
     model.to(device)
     model.train()
     trainable, total = M.count_parameters(model)
@@ -507,7 +518,8 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
         if logger is not None:
             logger.close()
     step, history, last_dev = prog.step, prog.history, prog.last_dev
-    if rt.distributed and len(set(rt.gather(state_digest(net)))) != 1:
+    # (sharded parameters are one copy by construction: nothing to compare)
+    if rt.distributed and not rt.sharded and len(set(rt.gather(state_digest(net)))) != 1:
         raise SpartaError("the processes ended with different weights; the distributed run is inconsistent")
     seen, train_seconds = prog.seen, prog.train_seconds
 
@@ -544,8 +556,10 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
         "adapter": adapter_name,
     }
     adapter_path = output / adapter_name
+    with rt.full_parameters(net):  # sharded parameters: gathered on every rank, saved by rank 0
+        if rt.is_main:
+            adapter_path = M.save_adapter(net, cfg.method, output, cfg)
     if rt.is_main:
-        adapter_path = M.save_adapter(net, cfg.method, output, cfg)
         with C.atomic_dir(output / TOKENIZER_DIR) as tmp:
             tokenizer.save_pretrained(str(tmp))
         write_json(output / RUN_FILE, run_info)
