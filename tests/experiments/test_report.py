@@ -98,3 +98,19 @@ def test_results_md_sections_are_replaced_not_duplicated(tmp_path):
     text = path.read_text()
     assert text.count("<!-- sparta:a:cpu start -->") == 1 and "second" in text and "first" not in text
     assert text.index("## A") < text.index("## B") and text.startswith("# Reproduced results")
+
+
+def test_setup_line_names_the_eval_cap_or_the_whole_splits(recipe_file, tmp_path):
+    from sparta.experiments.report import setup_line
+
+    recipe = load_recipe(recipe_file)
+    out = tmp_path / "out"
+    for (row, seed), values in KNOWN.items():
+        write_results(out, row, seed, *values)
+    records = collect(recipe, out)
+    settings = recipe.scale("cpu").setdefault("settings", {})
+    settings["max_eval_samples"] = None
+    assert "the whole dev and test splits" in setup_line(recipe, "cpu", records, "m")
+    settings["max_eval_samples"] = 50
+    line = setup_line(recipe, "cpu", records, "m")
+    assert "eval examples per split ≤ 50" in line and "None" not in line

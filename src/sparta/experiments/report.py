@@ -258,9 +258,11 @@ def setup_line(recipe: Recipe, scale: str, records: list[dict[str, Any]], model:
     seeds = sorted({r["seed"] for r in records})
     n_train = sorted({r["train_examples"] for r in records if r["train_examples"] is not None})
     steps = sorted({r["steps"] for r in records})
+    cap = sc.get("max_eval_samples")
+    evals = "the whole dev and test splits" if cap is None else f"eval examples per split ≤ {cap}"
     return (f"Measured: model `{model}`, {scale} scale; training examples per cell {_span(n_train)} "
-            f"(max_train_samples {sc.get('max_train_samples', 'all')}, after the length filter), eval examples per "
-            f"split ≤ {sc.get('max_eval_samples', 'all')}; seeds {seeds}; optimizer steps {_span(steps)}; "
+            f"(max_train_samples {sc.get('max_train_samples') or 'all'}, after the length filter), {evals}; "
+            f"seeds {seeds}; optimizer steps {_span(steps)}; "
             f"mean ± sample sd over seeds. Hardware: {hardware()}.")  # fmt: skip
 
 
