@@ -26,11 +26,16 @@ def write_results(out, row, seed, loss, acc, share, metric="accuracy"):
     (path / "results.json").write_text(json.dumps(doc))
 
 
+def write_known(out):
+    """One results.json per KNOWN cell under `out`."""
+    for (row, seed), values in KNOWN.items():
+        write_results(out, row, seed, *values)
+
+
 def test_tables_and_csv_show_mean_and_sample_sd(recipe_file, tmp_path):
     recipe = load_recipe(recipe_file)
     out = tmp_path / "out"
-    for (row, seed), values in KNOWN.items():
-        write_results(out, row, seed, *values)
+    write_known(out)
     records = collect(recipe, out)
     assert [(r["row"], r["seed"]) for r in records] == [
         ("sparta", 0),
@@ -69,8 +74,7 @@ def test_single_seed_has_no_sd_and_cola_uses_mcc(recipe_file, tmp_path):
 
 def test_plots_are_written_from_records(recipe_file, tmp_path):
     recipe = load_recipe(recipe_file)
-    for (row, seed), values in KNOWN.items():
-        write_results(tmp_path, row, seed, *values)
+    write_known(tmp_path)
     paths = plot_all(recipe, collect(recipe, tmp_path), tmp_path)
     assert sorted(p.name for p in paths) == ["density.png", "efficiency.png", "losses.png"]
     assert all(p.stat().st_size > 5000 for p in paths)
@@ -105,8 +109,7 @@ def test_setup_line_names_the_eval_cap_or_the_whole_splits(recipe_file, tmp_path
 
     recipe = load_recipe(recipe_file)
     out = tmp_path / "out"
-    for (row, seed), values in KNOWN.items():
-        write_results(out, row, seed, *values)
+    write_known(out)
     records = collect(recipe, out)
     settings = recipe.scale("cpu").setdefault("settings", {})
     settings["max_eval_samples"] = None

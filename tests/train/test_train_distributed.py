@@ -9,15 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from tinylm import assert_same_run
 
 from sparta.train import loop as L
 from sparta.train import train
 
 REPO = Path(__file__).resolve().parents[2]
 SPARTA = Path(sys.executable).parent / "sparta"
-REL_TOL = (
-    1e-5  # one process with batch 2B vs two processes with batch B: same global batches, float rounding only
-)
 
 
 def _free_port() -> int:
@@ -42,10 +40,6 @@ def _launch_two(cfg, tmp_path: Path) -> dict:
     return json.loads((Path(cfg.output) / "results.json").read_text())
 
 
-def _close(a: float, b: float) -> bool:
-    return abs(a - b) <= REL_TOL * abs(a)
-
-
 def _two_vs_one(toy_config, tmp_path, **extra) -> tuple[dict, dict]:
     one = train(toy_config(batch_size=16, output=str(tmp_path / "one"), **extra), log=lambda *_: None)
     two = _launch_two(toy_config(batch_size=8, output=str(tmp_path / "two"), **extra), tmp_path)
@@ -55,15 +49,11 @@ def _two_vs_one(toy_config, tmp_path, **extra) -> tuple[dict, dict]:
 def test_two_processes_match_one_with_the_same_global_batch(toy_config, tmp_path):
     """SpaRTA under DDP: the deltas' gradients are all-reduced, the lazy in-place merge keeps every rank's
     weights identical (the loop checks a SHA-256 of all parameters across ranks), and the loss history of
-    2 processes x batch 8 equals 1 process x batch 16 within REL_TOL."""
+    2 processes x batch 8 equals 1 process x batch 16 within MULTI_PROCESS_REL_TOL."""
     one, two = _two_vs_one(toy_config, tmp_path, max_steps=6, eval_every=3, grad_accum=1, zero_shot=False)
     assert two["processes"] == 2 and one["processes"] == 1
     assert [h["step"] for h in two["history"]] == list(range(1, 7))
-    for h1, h2 in zip(one["history"], two["history"], strict=True):
-        assert _close(h1["train_loss"], h2["train_loss"]), (h1, h2)
-        if "dev_loss" in h1:
-            assert _close(h1["dev_loss"], h2["dev_loss"]), (h1, h2)
-    assert _close(one["metrics"]["test"]["loss"], two["metrics"]["test"]["loss"])
+    assert_same_run(one, two)
     assert one["history"][0]["train_loss"] != one["history"][-1]["train_loss"]  # it trained
 
 
@@ -73,8 +63,7 @@ def test_two_processes_match_one_for_the_baselines(toy_config, tmp_path, method)
     one, two = _two_vs_one(toy_config, tmp_path, method=method, lr=1e-3, max_steps=4, eval_every=2, grad_accum=2,
                            lora_dropout=0.0, zero_shot=False)  # fmt: skip
     assert two["processes"] == 2
-    for h1, h2 in zip(one["history"], two["history"], strict=True):
-        assert _close(h1["train_loss"], h2["train_loss"]), (h1, h2)
+    assert_same_run(one, two, dev_and_test=False)
 
 
 def test_bf16_autocast_gives_finite_delta_grads_close_to_fp32():

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from tinylm import assert_same_run
 
 from sparta.adapter.io import read_heads, read_sparse_deltas
 from sparta.errors import SpartaError
@@ -18,7 +19,6 @@ from sparta.train import train
 from sparta.train.distributed import Runtime, merge_mode_for
 
 WORKER = Path(__file__).with_name("fsdp_train_worker.py")
-REL_TOL = 1e-5  # one process with batch 2B vs two with batch B: same global batches, float rounding only
 
 
 def _runtime(engine: str, zero_stage: int | None = None) -> Runtime:
@@ -64,10 +64,6 @@ def _launch_fsdp(cfg, tmp_path: Path) -> dict:
     return json.loads((Path(cfg.output) / "results.json").read_text())
 
 
-def _close(a: float, b: float) -> bool:
-    return abs(a - b) <= REL_TOL * abs(a)
-
-
 def test_sparta_train_under_fsdp2_matches_one_process(toy_config, tmp_path):
     """2 ranks x batch 8 with sharded parameters (functional merge) vs 1 process x batch 16 (inplace): the same
     loss history, dev and test losses; the saved adapter (gathered from the shards) holds the same deltas."""
@@ -76,11 +72,7 @@ def test_sparta_train_under_fsdp2_matches_one_process(toy_config, tmp_path):
     one = train(toy_config(batch_size=16, output=str(tmp_path / "one"), **common), log=lambda *_: None)
     two = _launch_fsdp(toy_config(batch_size=8, output=str(tmp_path / "two"), **common), tmp_path)
     assert two["processes"] == 2 and [h["step"] for h in two["history"]] == list(range(1, 7))
-    for h1, h2 in zip(one["history"], two["history"], strict=True):
-        assert _close(h1["train_loss"], h2["train_loss"]), (h1, h2)
-        if "dev_loss" in h1:
-            assert _close(h1["dev_loss"], h2["dev_loss"]), (h1, h2)
-    assert _close(one["metrics"]["test"]["loss"], two["metrics"]["test"]["loss"])
+    assert_same_run(one, two)
     assert one["history"][0]["train_loss"] != one["history"][-1]["train_loss"]  # it trained
 
     configs = [json.loads((Path(r["adapter_path"]) / "adapter_config.json").read_text()) for r in (one, two)]

@@ -121,3 +121,21 @@ def toy_examples(n: int, seed: int) -> list[dict]:
         words.insert(rng.randrange(len(words) + 1), "good" if label else "bad")
         rows.append({"text": " ".join(words), "label": label})
     return rows
+
+
+# one process with batch 2B vs two processes with batch B: the same global batches, so float rounding only
+MULTI_PROCESS_REL_TOL = 1e-5
+
+
+def close(a: float, b: float, rel_tol: float = MULTI_PROCESS_REL_TOL) -> bool:
+    return abs(a - b) <= rel_tol * abs(a)
+
+
+def assert_same_run(one: dict, two: dict, *, dev_and_test: bool = True) -> None:
+    """Two results.json documents have the same train (and dev, test) losses within MULTI_PROCESS_REL_TOL."""
+    for h1, h2 in zip(one["history"], two["history"], strict=True):
+        assert close(h1["train_loss"], h2["train_loss"]), (h1, h2)
+        if dev_and_test and "dev_loss" in h1:
+            assert close(h1["dev_loss"], h2["dev_loss"]), (h1, h2)
+    if dev_and_test:
+        assert close(one["metrics"]["test"]["loss"], two["metrics"]["test"]["loss"])
