@@ -66,7 +66,16 @@ def median_of(runs: list[dict], key: str) -> float | None:
 def summarize(results: dict[str, list[dict]]) -> dict[str, dict]:
     """Per method: medians over the successful rounds (plus the first error, if any)."""
     summary = {}
-    keys = ["step_s", "forward_s", "backward_s", "optimizer_s", "peak_rss_mb", "train_hwm_mb", "rss_load_mb"]
+    keys = [
+        "step_s",
+        "cpu_s",
+        "forward_s",
+        "backward_s",
+        "optimizer_s",
+        "peak_rss_mb",
+        "train_hwm_mb",
+        "rss_load_mb",
+    ]
     for method, runs in results.items():
         ok = [r for r in runs if "error" not in r]
         row: dict = {"method": method, "description": METHODS[method], "rounds_ok": len(ok)}
@@ -116,13 +125,13 @@ def check_targets(summary: dict) -> list[str]:
 
 def render(summary: dict, meta: dict) -> str:
     head = (
-        "| method | trainable params | step s (min–max) | × LoRA | peak RSS MB | × LoRA | RSS after load MB "
-        "| fwd / bwd / opt s | adapter B/param |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| method | trainable params | step s (min–max) | × LoRA | CPU s (× LoRA) | peak RSS MB | × LoRA "
+        "| RSS after load MB | fwd / bwd / opt s | adapter B/param |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     rows, infer = [head], []
     for method, row in summary.items():
         if "step_s" not in row:
-            rows.append(f"| {method} | — | error: {row.get('error', '?')} | | | | | | |")
+            rows.append(f"| {method} | — | error: {row.get('error', '?')} | | | | | | | |")
             continue
         if method.startswith("infer-"):
             infer.append(
@@ -132,9 +141,10 @@ def render(summary: dict, meta: dict) -> str:
             continue
         phases = "/".join(fmt(row.get(k), ".2f") for k in ("forward_s", "backward_s", "optimizer_s"))
         bpp = row.get("adapter_bytes_per_param")
+        cpu = f"{fmt(row.get('cpu_s'), '.3f')} ({fmt(ratio(summary, method, 'cpu_s', BASE), '.2f')})"
         rows.append(
             f"| {method} | {row['trainable_params']:,} | {row['step_s']:.3f} ({row['step_s_min']:.2f}–{row['step_s_max']:.2f}) "
-            f"| {fmt(ratio(summary, method, 'step_s', BASE), '.2f')} | {row['peak_rss_mb']:.0f} "
+            f"| {fmt(ratio(summary, method, 'step_s', BASE), '.2f')} | {cpu} | {row['peak_rss_mb']:.0f} "
             f"| {fmt(ratio(summary, method, 'peak_rss_mb', BASE), '.2f')} | {row['rss_load_mb']:.0f} | {phases} "
             f"| {fmt(bpp, '.3f')}{'' if bpp is None else ' (' + row['adapter_format'] + ')'} |"
         )

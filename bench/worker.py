@@ -284,18 +284,21 @@ def run_training(
             return t1 - t0, loss.item()
 
     reset_hwm()
-    times: dict[str, list[float]] = {"step": [], "forward": [], "backward": [], "optimizer": []}
+    times: dict[str, list[float]] = {"step": [], "forward": [], "backward": [], "optimizer": [], "cpu": []}
     losses = []
     for i in range(warmup + steps):
+        c0 = time.process_time()  # CPU seconds of all threads: steadier than wall time on a shared machine
         t0 = time.perf_counter()
         fwd, loss = forward_backward()
         t1 = time.perf_counter()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         t2 = time.perf_counter()
+        c2 = time.process_time()
         losses.append(loss)
         if i >= warmup:
             times["step"].append(t2 - t0)
+            times["cpu"].append(c2 - c0)
             times["forward"].append(fwd)
             times["backward"].append(t1 - t0 - fwd)
             times["optimizer"].append(t2 - t1)

@@ -3,6 +3,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from sparta.adapter import layer as layer_module
 from sparta.adapter.layer import SpartaLinear, sampled_dot
 from sparta.adapter.sampling import sample_indices
 
@@ -21,6 +22,41 @@ def test_sampled_dot_matches_dense_product_at_pattern():
     crow[1:] = torch.bincount(rows, minlength=5).cumsum(0)
     got = sampled_dot(a, b, crow, cols.to(torch.int32))
     torch.testing.assert_close(got, (a.t() @ b)[rows, cols])
+
+
+def _pattern(rows, cols, density, name):
+    flat = _indices((rows, cols), density, name)
+    crow = torch.zeros(rows + 1, dtype=torch.int32)
+    crow[1:] = torch.bincount(flat // cols, minlength=rows).cumsum(0)
+    return flat // cols, flat % cols, crow
+
+
+@pytest.mark.parametrize("keep_max", [None, 100])
+def test_sampled_dot_reused_buffers_stay_correct_across_sizes_and_inputs(keep_max, monkeypatch):
+    """The CPU workspace reuses operand buffers and caches the transposed input: every call must still see its own
+    operands (bigger then smaller token counts, another input, the same input changed in place, other dtypes);
+    with a small `_KEEP_MAX_ELEMENTS` the larger operands take the fresh-tensor path instead."""
+    if keep_max is not None:
+        monkeypatch.setattr(layer_module, "_KEEP_MAX_ELEMENTS", keep_max)
+    layer_module._WORKSPACE.clear()
+    g = torch.Generator().manual_seed(1)
+    rows, cols, crow = _pattern(6, 10, 0.3, "ws")
+    col = cols.to(torch.int32)
+    x_big = torch.randn(40, 10, generator=g)
+    for n, grad_dtype in [(40, torch.float32), (7, torch.float32), (40, torch.bfloat16), (3, torch.float64)]:
+        x = x_big[:n].to(grad_dtype) if grad_dtype == torch.float64 else x_big[:n]
+        grad = torch.randn(n, 6, generator=g).to(grad_dtype)
+        got = sampled_dot(grad, x, crow, col, cached="col")
+        want = (grad.to(x.dtype).t() @ x).to(got.dtype)[rows, cols]
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    x = torch.randn(9, 10, generator=g)
+    grad = torch.randn(9, 6, generator=g)
+    first = sampled_dot(grad, x, crow, col, cached="col")
+    torch.testing.assert_close(sampled_dot(grad, x, crow, col, cached="col"), first)  # a cache hit
+    x.mul_(2.0)  # same storage, new version: must not reuse the cached transpose
+    torch.testing.assert_close(sampled_dot(grad, x, crow, col, cached="col"), 2.0 * first)
+    y = torch.randn(9, 10, generator=g)
+    torch.testing.assert_close(sampled_dot(grad, y, crow, col, cached="col"), (grad.t() @ y)[rows, cols])
 
 
 @pytest.mark.parametrize("layer_type", ["linear", "conv1d"])

@@ -23,6 +23,7 @@ fresh ``W0.index_put(phi, W0[phi] + delta)`` per forward costs nothing and keeps
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import torch
@@ -37,32 +38,50 @@ warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta 
 _SAMPLED_DTYPES = (torch.float32, torch.float64)
 
 
-def _operand(act: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The contiguous (K, N) transpose of an (N, K) activation, in `dtype`."""
-    return act.t().to(dtype).contiguous()
+# CPU operand buffers up to this many elements are kept for reuse (128 MB in fp32); larger ones are made fresh.
+_KEEP_MAX_ELEMENTS = 32 * 2**20
 
 
-class _InputTransposeCache:
-    """One-slot cache of the transposed layer input: q/k/v (and gate/up) share one input, so their backward
-    passes reuse a single copy. It keeps a reference to the source, so its memory cannot be reused by another
-    tensor while cached; the key includes the version counter, so an in-place change is a miss."""
+class _Workspace(threading.local):
+    """Reusable operand buffers for the sampled products, per thread, one per slot and dtype, grown to the
+    largest size seen. On CPU a fresh tensor per call pays for new pages in every backward of every layer, which
+    is much of what a transposed copy costs; other devices have a caching allocator, so there (and for operands
+    above `_KEEP_MAX_ELEMENTS`) a plain new tensor is used.
+
+    The "input" slot also caches the transposed layer input: q/k/v (and gate/up) share one input, so their
+    backward passes reuse a single copy. The key includes the source's version counter (an in-place change is a
+    miss) and the entry keeps a reference to the source, so its memory cannot be reused while cached."""
 
     def __init__(self) -> None:
-        self.entry: tuple[torch.Tensor, tuple, torch.Tensor] | None = None
+        self.buffers: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+        self.cached: tuple[torch.Tensor, tuple, torch.Tensor] | None = None
 
-    def get(self, act: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def transposed(self, act: torch.Tensor, dtype: torch.dtype, slot: str) -> torch.Tensor:
+        """The contiguous (K, N) transpose of an (N, K) activation, in `dtype`, using `slot`'s buffer."""
         key = (act.data_ptr(), act.shape, act.stride(), act._version, act.device, dtype)
-        if self.entry is not None and self.entry[1] == key:
-            return self.entry[2]
-        out = _operand(act, dtype)
-        self.entry = (act, key, out)
+        if slot == "input" and self.cached is not None and self.cached[1] == key:
+            return self.cached[2]
+        numel = act.numel()
+        if act.device.type == "cpu" and numel <= _KEEP_MAX_ELEMENTS:
+            buffer = self.buffers.get((slot, dtype))
+            if buffer is None or buffer.numel() < numel:
+                if slot == "input":
+                    self.cached = None  # let the old buffer go before a bigger one is made
+                buffer = self.buffers[(slot, dtype)] = torch.empty(numel, dtype=dtype)
+            out = buffer[:numel].view(act.shape[1], act.shape[0]).copy_(act.t())
+        else:
+            out = act.t().to(dtype).contiguous()
+        if slot == "input":
+            self.cached = (act, key, out)
         return out
 
     def clear(self) -> None:
-        self.entry = None
+        """Release every buffer and the cached input."""
+        self.buffers.clear()
+        self.cached = None
 
 
-_INPUT_CACHE = _InputTransposeCache()
+_WORKSPACE = _Workspace()
 
 
 def sampled_dot(
@@ -84,8 +103,8 @@ def sampled_dot(
     dtype = row_act.dtype if row_act.dtype in _SAMPLED_DTYPES else torch.float32
     if nnz == 0 or row_act.shape[0] == 0:
         return torch.zeros(nnz, dtype=dtype, device=row_act.device)
-    a = _INPUT_CACHE.get(row_act, dtype) if cached == "row" else _operand(row_act, dtype)
-    b = _INPUT_CACHE.get(col_act, dtype) if cached == "col" else _operand(col_act, dtype)
+    a = _WORKSPACE.transposed(row_act, dtype, "input" if cached == "row" else "row")
+    b = _WORKSPACE.transposed(col_act, dtype, "input" if cached == "col" else "col")
     pattern = torch.sparse_csr_tensor(
         crow,
         col,
