@@ -276,45 +276,35 @@ def check_resumable(cfg: TrainConfig, saved: dict, where: Path) -> None:
         raise SpartaError(f"cannot resume {where}: settings differ from the checkpoint's ({shown})")
 
 
-# -- the recipe --------------------------------------------------------------------------------------------------
-def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
-    """Run one training job as `cfg` says; writes the output dir and returns the results dict.
-
-    Under `accelerate launch` every rank runs this function; rank 0 alone writes files, logs and the progress bar.
-    """
-    from sparta.tasks import format_input, load_splits
-
-    rt = Runtime.from_launch(cfg.device) if launched_distributed() else Runtime.single()
+# -- the recipe's parts --------------------------------------------------------------------------------------------
+def open_run(cfg: TrainConfig, rt: Runtime, log) -> tuple[Path, C.Checkpoint | None]:
+    """The checked (and created) output dir, and the checkpoint to continue from when resuming."""
     if rt.sharded and (cfg.save_every or cfg.resume):
         raise SpartaError(
             "checkpoints (--save-every, --resume) are not supported when FSDP or ZeRO-3 shard the parameters yet; "
             "train without them, or use DDP / ZeRO-1/2"
         )
-    if not rt.is_main:
-        log = _quiet
     resume = bool(cfg.resume)
     output = prepare_output(resolve_output(cfg), cfg.overwrite, resume=resume, create=False)
     rt.barrier()
     if rt.is_main:
         prepare_output(output, cfg.overwrite, resume=resume)
     rt.barrier()
-    ckpt = None
-    if resume:
-        ckpt = C.load_checkpoint(C.latest_checkpoint(output))
-        check_resumable(cfg, ckpt.state["config"], ckpt.path)
-        if len(ckpt.rng) != rt.world:
-            raise SpartaError(f"{ckpt.path} was written by {len(ckpt.rng)} process(es); resume with as many")
-        log(f"resuming from {ckpt.path} (step {ckpt.step})")
-    seed_everything(cfg.seed)
-    device, dtype = pick_device(cfg.device, cfg.dtype)
-    device = rt.device(device)
-    targs = task_args(cfg)
-    task = build_task(targs)
+    if not resume:
+        return output, None
+    ckpt = C.load_checkpoint(C.latest_checkpoint(output))
+    check_resumable(cfg, ckpt.state["config"], ckpt.path)
+    if len(ckpt.rng) != rt.world:
+        raise SpartaError(f"{ckpt.path} was written by {len(ckpt.rng)} process(es); resume with as many")
+    log(f"resuming from {ckpt.path} (step {ckpt.step})")
+    return output, ckpt
 
-    # model, tokenizer, data
-    resolved, model, tokenizer = load_model_and_tokenizer(cfg.model, task.num_labels, dtype, cfg.padding_side)
-    instruct = bool(getattr(resolved, "instruct", False))
-    pad_id = tokenizer.pad_token_id
+
+def encode_splits(cfg: TrainConfig, task, tokenizer, instruct: bool, context: int | None, log):
+    """(raw splits, encoded splits, max length): training examples over the max length are dropped, dev and test
+    examples are truncated to the model's context instead."""
+    from sparta.tasks import load_splits
+
     splits = load_splits(
         task,
         cfg.data_dir,
@@ -325,7 +315,6 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     if not splits["train"]:
         raise SpartaError(f"task {task.name} has no training examples")
     max_length = cfg.max_length or task.max_length
-    context = getattr(model.config, "max_position_embeddings", None)
     enc = {
         "train": D.encode_split(splits["train"], task, tokenizer, instruct, cfg.template, max_length),
         **{
@@ -342,6 +331,119 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
         f"data: train {len(train_data)} (dropped {train_data.dropped} > {max_length} tokens), "
         f"dev {len(enc['dev'])}, test {len(enc['test'])}; {'instruct' if instruct else 'base'} model {cfg.model}"
     )
+    return splits, enc, max_length
+
+
+@dataclass
+class Schedule:
+    """How many optimizer steps a run takes, and when it warms up and evaluates."""
+
+    global_batch: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup: int
+    eval_every: int
+
+    @classmethod
+    def plan(cls, cfg: TrainConfig, n_train: int, world: int) -> Schedule:
+        """Each step takes a global batch of batch_size examples per process, times grad_accum."""
+        global_batch = cfg.batch_size * world
+        steps_per_epoch = max(1, math.ceil(math.ceil(n_train / global_batch) / cfg.grad_accum))
+        total = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
+        warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_ratio * total)
+        return cls(global_batch, steps_per_epoch, total, warmup, cfg.eval_every or steps_per_epoch)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, plan: Schedule):
+    """AdamW over the trainable parameters (no decay on biases and norms) and the learning-rate schedule."""
+    from transformers import get_scheduler
+
+    optimizer = torch.optim.AdamW(M.decay_groups(model, cfg.weight_decay), lr=cfg.lr)
+    name = "constant_with_warmup" if cfg.scheduler == "constant" else cfg.scheduler
+    scheduler = get_scheduler(
+        name, optimizer, num_warmup_steps=plan.warmup, num_training_steps=plan.total_steps
+    )
+    return optimizer, scheduler
+
+
+def restore_checkpoint(
+    ckpt: C.Checkpoint, net: nn.Module, optimizer, scheduler, stopper: EarlyStopping
+) -> dict:
+    """Load a checkpoint's trainable state, optimizer, schedule and early-stopping record; returns the
+    loop's saved state (its batch stream and progress)."""
+    C.check_trainable(M.trainable_state(net), ckpt.trainable, ckpt.path)
+    M.load_trainable_state(net, ckpt.trainable)
+    optimizer.load_state_dict(ckpt.optimizer)
+    scheduler.load_state_dict(ckpt.scheduler)
+    for key, value in ckpt.state["stopper"].items():
+        setattr(stopper, key, value)
+    stopper.best_state = ckpt.best
+    return ckpt.state
+
+
+def step_loss_and_backward(model, chunk, train_data, cfg: TrainConfig, rt: Runtime, pad_id, device) -> float:
+    """Forward and backward over one optimizer step's micro-batches; the mean loss over the global batch."""
+    n_step = sum(len(idx) for idx in chunk)  # examples in this step, over all processes
+    step_loss = 0.0
+    for k, global_idx in enumerate(chunk):
+        idx, weight = rank_slice(global_idx, rt, cfg.batch_size)
+        with rt.no_sync(model, skip=k < len(chunk) - 1):
+            part = batch_loss(model, train_data, idx, pad_id, cfg.padding_side, device) / n_step
+            # DDP averages gradients over ranks; the world factor turns that into the global-batch mean
+            (part * (weight * rt.world)).backward()
+        step_loss += part.item() * weight
+    return rt.sum(step_loss)
+
+
+def clip_gradients(model, params: list, max_norm: float | None, rt: Runtime) -> None:
+    if max_norm is None:
+        return
+    if rt.distributed:
+        rt.accelerator.clip_grad_norm_(model.parameters(), max_norm)
+    else:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
+def write_outputs(
+    output: Path, net: nn.Module, tokenizer, cfg: TrainConfig, rt: Runtime, run_info: dict
+) -> Path:
+    """Adapter (or model), tokenizer and run.json, each written whole by rank 0; the adapter's path."""
+    adapter_path = output / run_info["adapter"]
+    with rt.full_parameters(net):  # sharded parameters: gathered on every rank, saved by rank 0
+        if rt.is_main:
+            adapter_path = M.save_adapter(net, cfg.method, output, cfg)
+    if rt.is_main:
+        with C.atomic_dir(output / TOKENIZER_DIR) as tmp:
+            tokenizer.save_pretrained(str(tmp))
+        write_json(output / RUN_FILE, run_info)
+    return adapter_path
+
+
+# -- the recipe --------------------------------------------------------------------------------------------------
+def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
+    """Run one training job as `cfg` says; writes the output dir and returns the results dict.
+
+    Under `accelerate launch` every rank runs this function; rank 0 alone writes files, logs and the progress bar.
+    """
+    from sparta.tasks import format_input
+
+    rt = Runtime.from_launch(cfg.device) if launched_distributed() else Runtime.single()
+    if not rt.is_main:
+        log = _quiet
+    output, ckpt = open_run(cfg, rt, log)
+    seed_everything(cfg.seed)
+    device, dtype = pick_device(cfg.device, cfg.dtype)
+    device = rt.device(device)
+    targs = task_args(cfg)
+    task = build_task(targs)
+
+    # model, tokenizer, data
+    resolved, model, tokenizer = load_model_and_tokenizer(cfg.model, task.num_labels, dtype, cfg.padding_side)
+    instruct = bool(getattr(resolved, "instruct", False))
+    pad_id = tokenizer.pad_token_id
+    context = getattr(model.config, "max_position_embeddings", None)
+    splits, enc, max_length = encode_splits(cfg, task, tokenizer, instruct, context, log)
+    train_data = enc["train"]
 
     # head initialisation, dropout, zero-shot evaluation, method
     prompt = (
@@ -373,31 +475,17 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
         f"method {cfg.method}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.4f}%)"
     )
 
-    # optimizer and schedule; each step takes a global batch of batch_size examples per process
-    from transformers import get_scheduler
-
-    optimizer = torch.optim.AdamW(M.decay_groups(model, cfg.weight_decay), lr=cfg.lr)
-    global_bs = cfg.batch_size * rt.world
-    steps_per_epoch = max(1, math.ceil(math.ceil(len(train_data) / global_bs) / cfg.grad_accum))
-    total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_ratio * total_steps)
-    schedule = "constant_with_warmup" if cfg.scheduler == "constant" else cfg.scheduler
-    scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
-    eval_every = cfg.eval_every or steps_per_epoch
+    # optimizer, schedule, early stopping, batch order (all continued from a checkpoint when resuming)
+    plan = Schedule.plan(cfg, len(train_data), rt.world)
+    optimizer, scheduler = build_optimizer(model, cfg, plan)
     has_dev = len(enc["dev"]) > 0
     stopper = EarlyStopping(cfg.early_stopping_patience)
-    stream = D.BatchStream(train_data.lengths, global_bs, cfg.seed)
+    stream = D.BatchStream(train_data.lengths, plan.global_batch, cfg.seed)
     prog = Progress()
     if ckpt is not None:
-        C.check_trainable(M.trainable_state(net), ckpt.trainable, ckpt.path)
-        M.load_trainable_state(net, ckpt.trainable)
-        optimizer.load_state_dict(ckpt.optimizer)
-        scheduler.load_state_dict(ckpt.scheduler)
-        stream = D.BatchStream(train_data.lengths, global_bs, cfg.seed, **ckpt.state["stream"])
-        for key, value in ckpt.state["stopper"].items():
-            setattr(stopper, key, value)
-        stopper.best_state = ckpt.best
-        prog = Progress(**ckpt.state["progress"])
+        saved = restore_checkpoint(ckpt, net, optimizer, scheduler, stopper)
+        stream = D.BatchStream(train_data.lengths, plan.global_batch, cfg.seed, **saved["stream"])
+        prog = Progress(**saved["progress"])
     raw_optimizer = optimizer
     model, optimizer = rt.prepare(model, optimizer)
     params = [p for p in net.parameters() if p.requires_grad]
@@ -405,15 +493,8 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     # the loop
     from tqdm.auto import tqdm
 
-    columns = [
-        "step",
-        "epoch",
-        "lr",
-        "train_loss",
-        "examples_per_s",
-        "dev_loss",
-        *(f"dev_{m}" for m in task.metrics),
-    ]
+    columns = ["step", "epoch", "lr", "train_loss", "examples_per_s", "dev_loss"]
+    columns += [f"dev_{m}" for m in task.metrics]
     logger = RunLogger(output, columns, resume_step=prog.step if ckpt else None) if rt.is_main else None
     stopped_early = False
     if device.type == "cuda":
@@ -421,50 +502,41 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     if ckpt is not None:
         C.set_rng_state(*ckpt.rng[rt.rank])
     bar = tqdm(
-        total=total_steps,
+        total=plan.total_steps,
         initial=prog.step,
         desc=f"{cfg.method} {task.name}",
         unit="step",
         disable=not (cfg.progress and rt.is_main),
     )
     try:
-        for step in range(prog.step + 1, total_steps + 1):
+        for step in range(prog.step + 1, plan.total_steps + 1):
             t0 = time.perf_counter()
             chunk = [next(stream) for _ in range(cfg.grad_accum)]
-            n_step = sum(len(idx) for idx in chunk)  # examples in this step, over all processes
-            step_loss = 0.0
-            for k, global_idx in enumerate(chunk):
-                idx, weight = rank_slice(global_idx, rt, cfg.batch_size)
-                with rt.no_sync(model, skip=k < len(chunk) - 1):
-                    part = batch_loss(model, train_data, idx, pad_id, cfg.padding_side, device) / n_step
-                    # DDP averages gradients over ranks; the world factor turns that into the global-batch mean
-                    (part * (weight * rt.world)).backward()
-                step_loss += part.item() * weight
-            step_loss = rt.sum(step_loss)
+            step_loss = step_loss_and_backward(model, chunk, train_data, cfg, rt, pad_id, device)
             if not math.isfinite(step_loss):
-                saved = C.latest_checkpoint(output)
+                saved_ckpt = C.latest_checkpoint(output)
                 raise SpartaError(
                     f"training loss is {step_loss} at step {step}: the run diverged; lower --lr (now {cfg.lr}) "
                     "or check the data. "
-                    + (f"The last good checkpoint is {saved}." if saved else "No checkpoint was written.")
+                    + (
+                        f"The last good checkpoint is {saved_ckpt}."
+                        if saved_ckpt
+                        else "No checkpoint was written."
+                    )
                 )
-            if cfg.max_grad_norm is not None:
-                if rt.distributed:
-                    rt.accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                else:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            clip_gradients(model, params, cfg.max_grad_norm, rt)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             prog.step = step
             prog.train_seconds += time.perf_counter() - t0
-            prog.seen += n_step
+            prog.seen += sum(len(idx) for idx in chunk)
             prog.window_loss, prog.window_n = prog.window_loss + step_loss, prog.window_n + 1
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}", ex_s=f"{prog.seen / prog.train_seconds:.1f}")
 
-            do_eval = has_dev and (step % eval_every == 0 or step == total_steps)
-            if step % cfg.log_every == 0 or do_eval or step == total_steps:
+            do_eval = has_dev and (step % plan.eval_every == 0 or step == plan.total_steps)
+            if step % cfg.log_every == 0 or do_eval or step == plan.total_steps:
                 entry = {"step": step, "train_loss": prog.window_loss / prog.window_n}
                 row = {
                     **entry,
@@ -490,7 +562,7 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
                         f"early stopping at step {step}: no lower dev loss for {stopper.bad_evals} evaluations"
                     )
                     break
-            if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
+            if cfg.save_every and step % cfg.save_every == 0 and step < plan.total_steps:
                 state = {
                     "config": cfg.to_dict(),
                     "stream": stream.state(),
@@ -517,11 +589,10 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
         bar.close()
         if logger is not None:
             logger.close()
-    step, history, last_dev = prog.step, prog.history, prog.last_dev
+    step = prog.step
     # (sharded parameters are one copy by construction: nothing to compare)
     if rt.distributed and not rt.sharded and len(set(rt.gather(state_digest(net)))) != 1:
         raise SpartaError("the processes ended with different weights; the distributed run is inconsistent")
-    seen, train_seconds = prog.seen, prog.train_seconds
 
     # restore the best state, final metrics
     restored = cfg.restore_best and stopper.best_state is not None and stopper.best_step != step
@@ -531,14 +602,13 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     stopper.best_state = None
     metrics = {}
     if has_dev:
-        metrics["dev"] = stopper.best_metrics if restored else last_dev
+        metrics["dev"] = stopper.best_metrics if restored else prog.last_dev
     if len(enc["test"]):
         metrics["test"] = run_eval("test")
     for s, m in metrics.items():
         log(f"{s}: {_fmt(m)}")
 
     # save (rank 0): adapter, tokenizer, run.json, results.json - each written whole, results.json last
-    adapter_name = M.MODEL_DIR if cfg.method == "full" else M.ADAPTER_DIR
     run_info = {
         "format": RUN_FORMAT,
         "method": cfg.method,
@@ -553,16 +623,9 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
         "max_length": max_length,
         "seed": cfg.seed,
         "dtype": str(dtype).removeprefix("torch."),
-        "adapter": adapter_name,
+        "adapter": M.MODEL_DIR if cfg.method == "full" else M.ADAPTER_DIR,
     }
-    adapter_path = output / adapter_name
-    with rt.full_parameters(net):  # sharded parameters: gathered on every rank, saved by rank 0
-        if rt.is_main:
-            adapter_path = M.save_adapter(net, cfg.method, output, cfg)
-    if rt.is_main:
-        with C.atomic_dir(output / TOKENIZER_DIR) as tmp:
-            tokenizer.save_pretrained(str(tmp))
-        write_json(output / RUN_FILE, run_info)
+    adapter_path = write_outputs(output, net, tokenizer, cfg, rt, run_info)
     results = {
         "config": cfg.to_dict(),
         "task": task.name,
@@ -575,12 +638,12 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
         "total_params": total,
         "trainable_percent": 100 * trainable / total,
         "peak_memory_mb": peak_memory_mb(device),
-        "train_seconds": train_seconds,
-        "train_examples_per_s": seen / train_seconds if train_seconds else None,
+        "train_seconds": prog.train_seconds,
+        "train_examples_per_s": prog.seen / prog.train_seconds if prog.train_seconds else None,
         "adapter_bytes": M.dir_bytes(adapter_path) if rt.is_main else None,
         "adapter_path": str(adapter_path),
         "steps": step,
-        "epochs": seen / len(train_data),
+        "epochs": prog.seen / len(train_data),
         "best_step": stopper.best_step,
         "restored_best": restored,
         "stopped_early": stopped_early,
@@ -595,7 +658,7 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
         },
         "device": str(device),
         "dtype": run_info["dtype"],
-        "history": history,
+        "history": prog.history,
         "versions": _versions(),
     }
     if rt.is_main:
