@@ -368,9 +368,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, plan: Schedule):
 
 def restore_checkpoint(
     ckpt: C.Checkpoint, net: nn.Module, optimizer, scheduler, stopper: EarlyStopping
-) -> dict:
-    """Load a checkpoint's trainable state, optimizer, schedule and early-stopping record; returns the
-    loop's saved state (its batch stream and progress)."""
+) -> None:
+    """Load a checkpoint's trainable state, optimizer, schedule and early-stopping record."""
     C.check_trainable(M.trainable_state(net), ckpt.trainable, ckpt.path)
     M.load_trainable_state(net, ckpt.trainable)
     optimizer.load_state_dict(ckpt.optimizer)
@@ -378,7 +377,6 @@ def restore_checkpoint(
     for key, value in ckpt.state["stopper"].items():
         setattr(stopper, key, value)
     stopper.best_state = ckpt.best
-    return ckpt.state
 
 
 def step_loss_and_backward(model, chunk, train_data, cfg: TrainConfig, rt: Runtime, pad_id, device) -> float:
@@ -483,9 +481,9 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     stream = D.BatchStream(train_data.lengths, plan.global_batch, cfg.seed)
     prog = Progress()
     if ckpt is not None:
-        saved = restore_checkpoint(ckpt, net, optimizer, scheduler, stopper)
-        stream = D.BatchStream(train_data.lengths, plan.global_batch, cfg.seed, **saved["stream"])
-        prog = Progress(**saved["progress"])
+        restore_checkpoint(ckpt, net, optimizer, scheduler, stopper)
+        stream = D.BatchStream(train_data.lengths, plan.global_batch, cfg.seed, **ckpt.state["stream"])
+        prog = Progress(**ckpt.state["progress"])
     raw_optimizer = optimizer
     model, optimizer = rt.prepare(model, optimizer)
     params = [p for p in net.parameters() if p.requires_grad]
