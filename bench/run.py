@@ -1,10 +1,11 @@
 """`make bench`: step time and peak memory of SpaRTA and its baselines on SmolLM2, batch 8 x 64, CPU.
 
 Every method runs in its own process (bench/worker.py), in R interleaved rounds (m1, m2, ..., m1, m2, ...);
-the table shows medians over rounds and ratios to PEFT LoRA r=8 on q,v, then checks the issue's targets
-(printed, not asserted). Writes bench/results/latest.md and latest.json.
+the table shows medians over rounds and ratios to PEFT LoRA r=8 on q,v. The step-time targets are then also
+measured paired (both methods in one process, steps alternated), which is what they are judged on; the targets
+are printed, not asserted. Writes bench/results/latest.md and latest.json.
 
-    python bench/run.py [--rounds R] [--warmup W] [--steps S] [--methods a,b,...] [--quick]
+    python bench/run.py [--rounds R] [--warmup W] [--steps S] [--pair-steps P] [--methods a,b,...] [--quick]
 """
 
 from __future__ import annotations
@@ -36,14 +37,24 @@ TARGETS = [
     ("SpaRTA v,o adapter (seed+bf16) <= 2.2 B/param", "sparta-vo", "adapter_bytes_per_param", None, 2.2),
     ("merged inference forward <= 1.05 x base (~1.0)", "infer-merged", "step_s", "infer-base", 1.05),
 ]
+# step-time ratios that are also measured paired (both methods in one process, steps alternated A B B A ...):
+# on a shared machine the rounds' ratio of medians moves by +-10%, the paired ratio by a few percent
+PAIRS = [("sparta-vo", BASE), ("sparta-all-5", "peft-sparta-all-5")]
 
 
-def run_one(method: str, args: argparse.Namespace) -> dict:
-    """One worker process; its JSON result (with `error` set when it failed)."""
+def run_one(method: str, args: argparse.Namespace, steps: int | None = None) -> dict:
+    """One worker process (`method` may be a pair A:B); its JSON result (with `error` set when it failed)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         cmd = [sys.executable, str(WORKER), method, "--json", str(out)]
-        cmd += ["--warmup", str(args.warmup), "--steps", str(args.steps), "--threads", str(args.threads)]
+        cmd += [
+            "--warmup",
+            str(args.warmup),
+            "--steps",
+            str(steps or args.steps),
+            "--threads",
+            str(args.threads),
+        ]
         load = os.getloadavg()[0]
         t0 = time.perf_counter()
         try:
@@ -109,11 +120,22 @@ def fmt(value: float | None, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
-def check_targets(summary: dict) -> list[str]:
+def check_targets(summary: dict, paired: dict[str, dict]) -> list[str]:
+    """One line per target; a step-time ratio that was measured paired is judged on the paired median."""
     lines = []
     for text, method, key, ref, bound in TARGETS:
         value = summary.get(method, {}).get(key)
         measured = value if ref is None else ratio(summary, method, key, ref)
+        pair = paired.get(f"{method}:{ref}", {}) if key == "step_s" else {}
+        if "ratio_median" in pair:
+            low, high = pair["ratio_iqr"]
+            verdict = "PASS" if pair["ratio_median"] <= bound else "FAIL"
+            rounds = "" if measured is None else f"; rounds' medians: {measured:.3f}"
+            lines.append(
+                f"- [{verdict}] {text}: {pair['ratio_median']:.3f} x {ref} paired "
+                f"(IQR {low:.3f}-{high:.3f} over {len(pair['step_times'][method])} step pairs{rounds})"
+            )
+            continue
         if measured is None:
             lines.append(f"- [n/a] {text}: not measured")
             continue
@@ -123,7 +145,28 @@ def check_targets(summary: dict) -> list[str]:
     return lines
 
 
-def render(summary: dict, meta: dict) -> str:
+def render_paired(paired: dict[str, dict]) -> list[str]:
+    if not paired:
+        return []
+    rows = [
+        "Paired step time (both methods in one process, their steps alternated A B B A ...):",
+        "",
+        "| A | B | A step s | B step s | A / B, median of step pairs (IQR) |\n|---|---|---:|---:|---:|",
+    ]
+    for name, info in paired.items():
+        a, b = name.split(":")
+        if "error" in info:
+            rows.append(f"| {a} | {b} | error: {info['error']} | | |")
+            continue
+        low, high = info["ratio_iqr"]
+        rows.append(
+            f"| {a} | {b} | {info['step_s'][a]:.3f} | {info['step_s'][b]:.3f} "
+            f"| {info['ratio_median']:.3f} ({low:.3f}–{high:.3f}) |"
+        )
+    return [*rows, ""]
+
+
+def render(summary: dict, meta: dict, paired: dict[str, dict]) -> str:
     head = (
         "| method | trainable params | step s (min–max) | × LoRA | CPU s (× LoRA) | peak RSS MB | × LoRA "
         "| RSS after load MB | fwd / bwd / opt s | adapter B/param |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
@@ -165,9 +208,10 @@ def render(summary: dict, meta: dict) -> str:
         "| method | forward s (min–max) | × base | peak RSS MB |\n|---|---:|---:|---:|",
         *infer,
         "",
+        *render_paired(paired),
         "Targets:",
         "",
-        *check_targets(summary),
+        *check_targets(summary, paired),
         "",
     ]
     return "\n".join(out)
@@ -204,10 +248,17 @@ def main() -> int:
     parser.add_argument(
         "--quick", action="store_true", help="1 round, 1 warm-up + 2 timed steps (development)"
     )
+    parser.add_argument(
+        "--pair-steps",
+        type=int,
+        default=16,
+        help="timed step pairs of each paired run (0: none); pairs: "
+        + ", ".join(f"{a}:{b}" for a, b in PAIRS),
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for latest.md and latest.json")
     args = parser.parse_args()
     if args.quick:
-        args.rounds, args.warmup, args.steps = 1, 1, 2
+        args.rounds, args.warmup, args.steps, args.pair_steps = 1, 1, 2, 2
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods or min(args.rounds, args.steps) < 1 or args.warmup < 0:
@@ -231,6 +282,12 @@ def main() -> int:
                 f"(load {info['load_before']:.2f}, {info.get('wall_s', 0):.0f} s)",
                 flush=True,
             )
+    paired: dict[str, dict] = {}
+    for a, b in PAIRS:
+        if args.pair_steps > 0 and a in methods and b in methods:
+            info = paired[f"{a}:{b}"] = run_one(f"{a}:{b}", args, steps=args.pair_steps)
+            status = info.get("error") or f"{a} / {b} = {info['ratio_median']:.3f} (median of step pairs)"
+            print(f"[paired] {status} ({info.get('wall_s', 0):.0f} s)", flush=True)
     summary = summarize(results)
     loads = [i["load_before"] for runs in results.values() for i in runs]
     first_ok = next((i for runs in results.values() for i in runs if "budget" in i), {})
@@ -243,6 +300,7 @@ def main() -> int:
         "rounds": args.rounds,
         "warmup": args.warmup,
         "steps": args.steps,
+        "pair_steps": args.pair_steps,
         "budget": first_ok.get("budget"),
         "vo_density": first_ok.get("vo_density"),
         "load_min": min(loads),
@@ -251,11 +309,11 @@ def main() -> int:
         "load_after": os.getloadavg()[0],
         "total_s": time.perf_counter() - started,
     }
-    text = render(summary, meta)
+    text = render(summary, meta, paired)
     print("\n" + text)
     args.out.mkdir(parents=True, exist_ok=True)
     write_atomic(args.out / "latest.md", text)
-    raw = {"meta": meta, "summary": summary, "runs": results}
+    raw = {"meta": meta, "summary": summary, "paired": paired, "runs": results}
     write_atomic(args.out / "latest.json", json.dumps(raw, indent=1, default=str))
     print(f"wrote {args.out / 'latest.md'} and latest.json ({meta['total_s']:.0f} s)")
     return 0

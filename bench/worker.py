@@ -1,6 +1,7 @@
 """One benchmark process: SmolLM2 as a 2-label classifier, one method, W warm-up + S timed steps.
 
     python bench/worker.py METHOD [--warmup W] [--steps S] [--threads T] --json OUT
+    python bench/worker.py A:B ...      (paired: both methods in one process, steps alternated)
 
 A training step is forward (with labels) -> loss.backward() -> AdamW.step() -> zero_grad() on a fixed random
 8 x 64 batch; `infer-*` methods time a no-grad forward instead. Writes one JSON object to OUT (an `error` key
@@ -261,6 +262,27 @@ def profile_step(step: Callable[[], None], path: str, info: dict) -> None:
     info["profile"] = path
 
 
+def training_step(name: str, wrapped, batch: dict) -> Callable[[], tuple[float, float]]:  # noqa: ANN001
+    """forward + backward of one method: returns (forward seconds, loss)."""
+    if name == "reference-vo":
+
+        def forward_backward() -> tuple[float, float]:
+            loss = wrapped.forward_backward(lambda m: m(**batch).loss)
+            return 0.0, float(loss)  # forward and backward are one call here
+
+        return forward_backward
+    wrapped.train()
+
+    def forward_backward() -> tuple[float, float]:
+        t0 = time.perf_counter()
+        loss = wrapped(**batch).loss
+        t1 = time.perf_counter()
+        loss.backward()
+        return t1 - t0, loss.item()
+
+    return forward_backward
+
+
 def run_training(
     name: str, model: nn.Module, batch: dict, warmup: int, steps: int, info: dict, profile: str | None
 ) -> dict:
@@ -268,21 +290,7 @@ def run_training(
     info["trainable_params"] = count(params)
     info["rss_setup_mb"] = rss_mb()
     optimizer = torch.optim.AdamW(params, lr=1e-4)
-    if name == "reference-vo":
-
-        def forward_backward() -> tuple[float, float]:
-            loss = wrapped.forward_backward(lambda m: m(**batch).loss)
-            return 0.0, float(loss)  # forward and backward are one call here
-    else:
-        wrapped.train()
-
-        def forward_backward() -> tuple[float, float]:
-            t0 = time.perf_counter()
-            loss = wrapped(**batch).loss
-            t1 = time.perf_counter()
-            loss.backward()
-            return t1 - t0, loss.item()
-
+    forward_backward = training_step(name, wrapped, batch)
     reset_hwm()
     times: dict[str, list[float]] = {"step": [], "forward": [], "backward": [], "optimizer": [], "cpu": []}
     losses = []
@@ -355,11 +363,50 @@ def run_inference(
     return info
 
 
+def run_paired(names: list[str], warmup: int, steps: int, info: dict) -> dict:
+    """Two methods in one process, their training steps alternated A B B A ...: both see the same machine state
+    at the same time, so the per-pair time ratio is far steadier on a shared machine than the ratio of two
+    processes' medians. Peak memory is not measured here (both models share the process)."""
+    runs = []
+    for name in names:
+        model, batch = load()
+        wrapped, params = build(name, model, info)
+        optimizer = torch.optim.AdamW(params, lr=1e-4)
+        forward_backward = training_step(name, wrapped, batch)
+
+        def step(forward_backward=forward_backward, optimizer=optimizer) -> float:
+            t0 = time.perf_counter()
+            forward_backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return time.perf_counter() - t0
+
+        runs.append(step)
+    for _ in range(warmup):
+        for step in runs:
+            step()
+    times: list[list[float]] = [[], []]
+    for i in range(steps):
+        order = (0, 1) if i % 2 == 0 else (1, 0)
+        for k in order:
+            times[k].append(runs[k]())
+    ratios = sorted(a / b for a, b in zip(*times, strict=True))
+    quartile = max(1, len(ratios) // 4)
+    info.update(
+        pair=names,
+        step_s={name: statistics.median(t) for name, t in zip(names, times, strict=True)},
+        step_times={name: t for name, t in zip(names, times, strict=True)},
+        ratio_median=statistics.median(ratios),
+        ratio_iqr=[ratios[quartile - 1], ratios[-quartile]],
+    )
+    return info
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("method", choices=list(METHODS))
+    parser.add_argument("method", help=f"one of {', '.join(METHODS)}, or A:B for a paired A/B run")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
@@ -367,15 +414,27 @@ def main() -> int:
     parser.add_argument("--profile", help="profile one extra training step; write the op table here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    info: dict = {"method": args.method, "description": METHODS[args.method], "threads": args.threads}
+    names = args.method.split(":")
+    if (
+        any(n not in METHODS for n in names)
+        or len(names) > 2
+        or (len(names) == 2 and "infer-" in args.method)
+    ):
+        parser.error(f"method must be one of {', '.join(METHODS)}, or A:B of two training methods")
+    description = " vs ".join(METHODS[n] for n in names)
+    info: dict = {"method": args.method, "description": description, "threads": args.threads}
     try:
         t0 = time.perf_counter()
         model, batch = load()
         info.update(load_s=time.perf_counter() - t0, rss_load_mb=rss_mb(), maxrss_load_mb=maxrss_mb())
         info["budget"] = lora_budget(model)
         info["vo_density"] = info["budget"] / linear_numel(model, VO)
-        run = run_inference if args.method.startswith("infer-") else run_training
-        run(args.method, model, batch, args.warmup, args.steps, info, args.profile)
+        if ":" in args.method:
+            del model, batch  # each side of the pair loads its own copy
+            run_paired(args.method.split(":"), args.warmup, args.steps, info)
+        else:
+            run = run_inference if args.method.startswith("infer-") else run_training
+            run(args.method, model, batch, args.warmup, args.steps, info, args.profile)
         rc = 0
     except Exception as err:  # a method that cannot run is a result too
         info["error"] = f"{type(err).__name__}: {err}"

@@ -4,6 +4,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from sparta.adapter import layer as layer_module
+from sparta.adapter import native
 from sparta.adapter.layer import SpartaLinear, sampled_dot
 from sparta.adapter.sampling import sample_indices
 
@@ -36,6 +37,7 @@ def test_sampled_dot_reused_buffers_stay_correct_across_sizes_and_inputs(keep_ma
     """The CPU workspace reuses operand buffers and caches the transposed input: every call must still see its own
     operands (bigger then smaller token counts, another input, the same input changed in place, other dtypes);
     with a small `_KEEP_MAX_ELEMENTS` the larger operands take the fresh-tensor path instead."""
+    monkeypatch.setattr(native, "available", lambda: False)  # the workspace serves the torch path only
     if keep_max is not None:
         monkeypatch.setattr(layer_module, "_KEEP_MAX_ELEMENTS", keep_max)
     layer_module._WORKSPACE.clear()

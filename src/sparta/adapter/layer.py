@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparta.adapter import native
 from sparta.adapter.config import check_merge_mode
 
 # sampled_addmm on a CSR pattern is all we use of the beta sparse API; its once-per-process notice is noise here.
@@ -76,9 +77,10 @@ class _Workspace(threading.local):
         return out
 
     def clear(self) -> None:
-        """Release every buffer and the cached input."""
+        """Release every buffer and the cached input (and the native kernel's tiles)."""
         self.buffers.clear()
         self.cached = None
+        native.release()
 
 
 _WORKSPACE = _Workspace()
@@ -94,8 +96,9 @@ def sampled_dot(
 ) -> torch.Tensor:
     """For each (i, j) of the CSR pattern (crow, col): ``sum_n row_act[n, i] * col_act[n, j]``.
 
-    `row_act` is (N, R) and `col_act` is (N, C). Computed with `torch.sparse.sampled_addmm` on contiguous
-    (R, N) and (C, N) operands, which turns every entry into one contiguous dot product. The sparse kernels
+    `row_act` is (N, R) and `col_act` is (N, C). On CPU, fp32 and bf16 operands go to sparta's native kernel
+    (`sparta.adapter.native`: reads them in place, sums in fp32). Otherwise `torch.sparse.sampled_addmm` runs on
+    contiguous (R, N) and (C, N) operands, which turns every entry into one contiguous dot product; its kernels
     have no bfloat16/float16 on CPU (and not everywhere on CUDA), so other dtypes are computed in float32.
     `cached` ("row" or "col") names the operand that is a layer input, whose transpose may be shared.
     """
@@ -103,6 +106,8 @@ def sampled_dot(
     dtype = row_act.dtype if row_act.dtype in _SAMPLED_DTYPES else torch.float32
     if nnz == 0 or row_act.shape[0] == 0:
         return torch.zeros(nnz, dtype=dtype, device=row_act.device)
+    if native.supports(row_act, col_act, crow, col):
+        return native.sampled_dot(row_act, col_act, crow, col)
     a = _WORKSPACE.transposed(row_act, dtype, "input" if cached == "row" else "row")
     b = _WORKSPACE.transposed(col_act, dtype, "input" if cached == "col" else "col")
     pattern = torch.sparse_csr_tensor(

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparta.adapter import native
 from sparta.errors import SpartaError
 from sparta.train import checkpoint as C
 from sparta.train import data as D
@@ -472,6 +473,8 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     log(
         f"method {cfg.method}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.4f}%)"
     )
+    if cfg.method == "sparta" and device.type == "cpu":
+        log(f"delta-gradient kernel: {native.status()}")
 
     # optimizer, schedule, early stopping, batch order (all continued from a checkpoint when resuming)
     plan = Schedule.plan(cfg, len(train_data), rt.world)
