@@ -1,8 +1,8 @@
 """`make bench`: step time and peak memory of SpaRTA and its baselines on SmolLM2, batch 8 x 64, CPU.
 
 Every method runs in its own process (bench/worker.py), in R interleaved rounds (m1, m2, ..., m1, m2, ...);
-the table shows medians over rounds and ratios to PEFT LoRA r=8 on q,v. The step-time targets are then also
-measured paired (both methods in one process, steps alternated), which is what they are judged on; the targets
+the table shows medians over rounds and ratios to PEFT LoRA r=8 on q,v. The step-time targets (and merged vs base
+inference) are then also measured paired (both methods in one process, steps alternated), which is what they are judged on; the targets
 are printed, not asserted. Writes bench/results/latest.md and latest.json.
 
     python bench/run.py [--rounds R] [--warmup W] [--steps S] [--pair-steps P] [--methods a,b,...] [--quick]
@@ -37,9 +37,10 @@ TARGETS = [
     ("SpaRTA v,o adapter (seed+bf16) <= 2.2 B/param", "sparta-vo", "adapter_bytes_per_param", None, 2.2),
     ("merged inference forward <= 1.05 x base (~1.0)", "infer-merged", "step_s", "infer-base", 1.05),
 ]
-# step-time ratios that are also measured paired (both methods in one process, steps alternated A B B A ...):
+# step-time ratios that are also measured paired (both methods in one process, steps alternated A B B A ...,
+# training steps or inference forwards):
 # on a shared machine the rounds' ratio of medians moves by +-10%, the paired ratio by a few percent
-PAIRS = [("sparta-vo", BASE), ("sparta-all-5", "peft-sparta-all-5")]
+PAIRS = [("sparta-vo", BASE), ("sparta-all-5", "peft-sparta-all-5"), ("infer-merged", "infer-base")]
 
 
 def run_one(method: str, args: argparse.Namespace, steps: int | None = None) -> dict:

@@ -331,9 +331,8 @@ def run_training(
     return info
 
 
-def run_inference(
-    name: str, model: nn.Module, batch: dict, warmup: int, steps: int, info: dict, profile: str | None
-) -> dict:
+def inference_model(name: str, model: nn.Module, info: dict) -> nn.Module:
+    """The base model (infer-base) or a merged SpaRTA v,o model with random deltas (infer-merged), in eval mode."""
     if name == "infer-merged":
         from sparta.adapter import get_sparta_model
 
@@ -343,7 +342,13 @@ def run_inference(
                 if p.requires_grad:
                     p.normal_(0.0, 1e-3)
         model = sm.merge_and_unload()
-    model.eval()
+    return model.eval()
+
+
+def run_inference(
+    name: str, model: nn.Module, batch: dict, warmup: int, steps: int, info: dict, profile: str | None
+) -> dict:
+    model = inference_model(name, model, info)
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     reset_hwm()
     times = []
@@ -364,22 +369,33 @@ def run_inference(
 
 
 def run_paired(names: list[str], warmup: int, steps: int, info: dict) -> dict:
-    """Two methods in one process, their training steps alternated A B B A ...: both see the same machine state
-    at the same time, so the per-pair time ratio is far steadier on a shared machine than the ratio of two
-    processes' medians. Peak memory is not measured here (both models share the process)."""
-    runs = []
+    """Two methods in one process, their steps (training, or inference forwards) alternated A B B A ...: both
+    see the same machine state at the same time, so the per-pair time ratio is far steadier on a shared machine
+    than the ratio of two processes' medians. Peak memory is not measured here (both models share the process)."""
+    runs: list[Callable[[], float]] = []
     for name in names:
         model, batch = load()
-        wrapped, params = build(name, model, info)
-        optimizer = torch.optim.AdamW(params, lr=1e-4)
-        forward_backward = training_step(name, wrapped, batch)
+        if name.startswith("infer-"):
+            net = inference_model(name, model, info)
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
 
-        def step(forward_backward=forward_backward, optimizer=optimizer) -> float:
-            t0 = time.perf_counter()
-            forward_backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            return time.perf_counter() - t0
+            def step(net=net, inputs=inputs) -> float:
+                t0 = time.perf_counter()
+                with torch.inference_mode():
+                    net(**inputs)
+                return time.perf_counter() - t0
+
+        else:
+            wrapped, params = build(name, model, info)
+            optimizer = torch.optim.AdamW(params, lr=1e-4)
+            forward_backward = training_step(name, wrapped, batch)
+
+            def step(forward_backward=forward_backward, optimizer=optimizer) -> float:
+                t0 = time.perf_counter()
+                forward_backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                return time.perf_counter() - t0
 
         runs.append(step)
     for _ in range(warmup):
@@ -415,12 +431,11 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     names = args.method.split(":")
-    if (
-        any(n not in METHODS for n in names)
-        or len(names) > 2
-        or (len(names) == 2 and "infer-" in args.method)
-    ):
-        parser.error(f"method must be one of {', '.join(METHODS)}, or A:B of two training methods")
+    kinds = {n.startswith("infer-") for n in names}
+    if any(n not in METHODS for n in names) or len(names) > 2 or len(kinds) > 1:
+        parser.error(
+            f"method must be one of {', '.join(METHODS)}, or A:B of two training or two inference methods"
+        )
     description = " vs ".join(METHODS[n] for n in names)
     info: dict = {"method": args.method, "description": description, "threads": args.threads}
     try:

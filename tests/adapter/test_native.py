@@ -10,7 +10,7 @@ from sparta.adapter import native
 from sparta.adapter.layer import SpartaLinear, sampled_dot
 from sparta.adapter.sampling import sample_indices
 
-pytestmark = pytest.mark.skipif(not native.available(), reason=native.status())
+needs_kernel = pytest.mark.skipif(not native.available(), reason=native.status())
 
 
 def _pattern(rows: int, cols: int, density: float, name: str = "w"):
@@ -20,6 +20,7 @@ def _pattern(rows: int, cols: int, density: float, name: str = "w"):
     return flat // cols, (flat % cols).to(torch.int32), crow
 
 
+@needs_kernel
 # token counts below, at and past one 64-token tile and 8-row block; widths that are and are not multiples of 8
 @pytest.mark.parametrize("n_tokens", [1, 7, 8, 63, 64, 65, 200])
 @pytest.mark.parametrize(("rows", "cols"), [(5, 9), (16, 24), (13, 40), (48, 7)])
@@ -32,6 +33,7 @@ def test_kernel_equals_dense_product_at_the_pattern(n_tokens, rows, cols):
     )
 
 
+@needs_kernel
 def test_bf16_operands_are_read_in_place_and_summed_in_fp32():
     g = torch.Generator().manual_seed(3)
     a = torch.randn(150, 24, generator=g).to(torch.bfloat16)
@@ -42,6 +44,7 @@ def test_bf16_operands_are_read_in_place_and_summed_in_fp32():
     torch.testing.assert_close(got, (a.float().t() @ b.float())[r, c.long()], rtol=1e-5, atol=1e-4)
 
 
+@needs_kernel
 def test_row_strided_views_and_empty_rows():
     """Operands that are column slices of wider tensors (row stride > width) are read in place; rows of the
     pattern without entries leave nothing behind."""
@@ -61,6 +64,7 @@ def test_row_strided_views_and_empty_rows():
     )
 
 
+@needs_kernel
 def test_row_bands_on_several_threads_give_the_same_result(monkeypatch):
     """With OpenMP, each thread takes a band of rows (about nnz / threads entries): 1, 2 and 3 bands agree."""
     g = torch.Generator().manual_seed(5)
@@ -73,6 +77,7 @@ def test_row_bands_on_several_threads_give_the_same_result(monkeypatch):
         torch.testing.assert_close(native.sampled_dot(a, b, crow, c), want, rtol=1e-5, atol=1e-4)
 
 
+@needs_kernel
 def test_unsupported_operands_take_the_torch_path():
     a, b = torch.randn(10, 4), torch.randn(10, 6)
     r, c, crow = _pattern(4, 6, 0.5)
@@ -109,6 +114,7 @@ def test_disabled_by_environment(monkeypatch, tmp_path):
     assert not native.available() and "SPARTA_NATIVE=0" in native.status()
 
 
+@needs_kernel
 def test_build_into_an_empty_kernel_dir(monkeypatch, tmp_path):
     _fresh_state(monkeypatch, tmp_path)
     assert native.available(), native.status()
@@ -116,6 +122,7 @@ def test_build_into_an_empty_kernel_dir(monkeypatch, tmp_path):
     assert len(built) == 1 and not list((tmp_path / "kernels").glob("tmp*"))  # no build leftovers
 
 
+@needs_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_layer_delta_gradient_native_equals_torch_path(dtype, monkeypatch):
     torch.manual_seed(0)
@@ -134,6 +141,7 @@ def test_layer_delta_gradient_native_equals_torch_path(dtype, monkeypatch):
     torch.testing.assert_close(fast, delta_grad(), rtol=1e-5, atol=1e-4)
 
 
+@needs_kernel
 @pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads /proc/self/maps (Linux)")
 def test_one_openmp_runtime_in_the_process():
     """The OpenMP build resolves libgomp.so.1 to the copy torch loaded: no second runtime, no second thread pool."""
