@@ -1,5 +1,6 @@
 """The native CPU delta-gradient kernel (sampled_dot.c) against the dense product, and its fallbacks."""
 
+import platform
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,21 @@ def test_one_openmp_runtime_in_the_process():
         line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines() if "libgomp" in line
     }
     assert len(runtimes) == 1, runtimes
+
+
+@needs_kernel
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="-mno-avx2 is an x86 flag")
+def test_scalar_build_without_avx2_gives_the_same_numbers(monkeypatch, tmp_path):
+    """The portable path (no AVX2 8 x 8 blocks), built on purpose, on shapes with scalar remainders."""
+    _fresh_state(monkeypatch, tmp_path)
+    monkeypatch.setattr(native, "FLAGS", [*native.FLAGS, "-mno-avx2"])
+    assert native.available(), native.status()
+    g = torch.Generator().manual_seed(6)
+    for n_tokens, rows, cols in [(70, 13, 40), (9, 16, 24)]:
+        a, b = torch.randn(n_tokens, rows, generator=g), torch.randn(n_tokens, cols, generator=g)
+        r, c, crow = _pattern(rows, cols, 0.3)
+        want = (a.t() @ b)[r, c.long()]
+        torch.testing.assert_close(native.sampled_dot(a, b, crow, c), want, rtol=1e-5, atol=1e-4)
+        got16 = native.sampled_dot(a.bfloat16(), b.bfloat16(), crow, c)
+        want16 = (a.bfloat16().float().t() @ b.bfloat16().float())[r, c.long()]
+        torch.testing.assert_close(got16, want16, rtol=1e-5, atol=1e-4)
