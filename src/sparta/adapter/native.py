@@ -3,8 +3,8 @@
 The kernel is plain C (no torch headers), compiled once per machine with the system C compiler into
 ``$SPARTA_KERNEL_DIR`` (default ``~/.cache/sparta/kernels``) and loaded with ctypes. Built with ``-fopenmp``, it
 runs on ``torch.get_num_threads()`` threads of the OpenMP runtime torch has already loaded (the same
-``libgomp.so.1``, whose threads stay warm between torch's ops); without OpenMP it runs single-threaded. Where there is no compiler, the build fails or ``SPARTA_NATIVE=0`` is set,
-`available()` is False and the caller uses ``torch.sparse.sampled_addmm`` instead (same numbers up to float
+``libgomp.so.1``, whose threads stay warm between torch's ops); without OpenMP it runs single-threaded. Where
+there is no compiler, the build fails or ``SPARTA_NATIVE=0`` is set, `available()` is False and the caller uses ``torch.sparse.sampled_addmm`` instead (same numbers up to float
 summation order). `status()` says which path is in use and why.
 """
 
@@ -108,6 +108,8 @@ def _load() -> ctypes.CDLL | None:
             ]
             fn.restype = None
             _openmp = bool(library.sparta_has_openmp())
+            if library.sparta_tile() != TILE:
+                raise RuntimeError(f"built with TILE={library.sparta_tile()}, native.py expects {TILE}")
         except (OSError, AttributeError, RuntimeError, subprocess.SubprocessError) as err:
             _status = f"torch.sparse.sampled_addmm (native kernel unavailable: {err})"
             return None

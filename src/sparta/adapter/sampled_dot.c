@@ -156,6 +156,9 @@ void sparta_sampled_dot(const void *A, int64_t lda, const void *B, int64_t ldb, 
     }
 }
 
+/* tokens per tile: the caller sizes `work` with it */
+int sparta_tile(void) { return TILE; }
+
 /* 1 when built with OpenMP (threads > 1 then run in parallel), else 0 */
 int sparta_has_openmp(void) {
 #ifdef _OPENMP
