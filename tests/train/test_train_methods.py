@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from tinylm import toy_examples
 
+from sparta.adapter import native
 from sparta.models import load_model, load_tokenizer, resolve_model
 from sparta.train import TrainConfig, evaluate_run, load_run, train
 from sparta.train import methods as M
@@ -127,7 +128,10 @@ def test_training_lowers_the_loss_on_a_learnable_toy_task(toy_config, method):
 
 def test_results_json_shape_and_reload(toy_config, tmp_path):
     cfg = toy_config(method="sparta", density=0.2, max_steps=6, eval_every=3, early_stopping_patience=5)
-    results = train(cfg, log=lambda *_: None)
+    lines: list[str] = []
+    results = train(cfg, log=lines.append)
+    # SpaRTA on CPU says which delta-gradient kernel it runs on
+    assert f"delta-gradient kernel: {native.status()}" in lines
     out = tmp_path / "run"
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["config"] == cfg.to_dict()
