@@ -4,8 +4,9 @@ The kernel is plain C (no torch headers), compiled once per machine with the sys
 ``$SPARTA_KERNEL_DIR`` (default ``~/.cache/sparta/kernels``) and loaded with ctypes. Built with ``-fopenmp``, it
 runs on ``torch.get_num_threads()`` threads of the OpenMP runtime torch has already loaded (the same
 ``libgomp.so.1``, whose threads stay warm between torch's ops); without OpenMP it runs single-threaded. Where
-there is no compiler, the build fails or ``SPARTA_NATIVE=0`` is set, `available()` is False and the caller uses ``torch.sparse.sampled_addmm`` instead (same numbers up to float
-summation order). `status()` says which path is in use and why.
+there is no compiler, the build fails or ``SPARTA_NATIVE=0`` is set, `available()` is False and the caller
+uses ``torch.sparse.sampled_addmm`` instead (same numbers up to float summation order). `status()` says which
+path is in use and why.
 """
 
 from __future__ import annotations
