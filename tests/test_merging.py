@@ -22,11 +22,13 @@ from sparta.merging import (  # noqa: E402
     MultiHeadModel,
     evaluate_merged,
     export_adapter,
+    fit_head,
     load_merged,
     merge_adapters,
     pool_last,
     predict_merged,
     prompt_groups,
+    refit_heads,
 )
 
 
@@ -319,3 +321,62 @@ def test_export_loads_with_plain_transformers_and_matches_the_adapter(runs, tmp_
     np.testing.assert_allclose(np.array(plain["logits"]), expected.numpy(), atol=1e-5)
     with pytest.raises(SpartaError, match="--overwrite"):
         export_adapter(runs["sentiment"], out)
+
+
+def test_fit_head_improves_dev_loss_and_keeps_the_best_epoch():
+    g = torch.Generator().manual_seed(0)
+    w_true = torch.randn(2, 8, generator=g)
+    x = torch.randn(300, 8, generator=g)
+    y = (x @ w_true.T).argmax(-1)
+    head = torch.nn.Linear(8, 2, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(-w_true)  # a head that reads the features backwards
+    stats = fit_head(head, (x[:200], y[:200]), (x[200:], y[200:]), lr=1e-2, epochs=30)
+    with torch.no_grad():
+        dev_loss = torch.nn.functional.cross_entropy(head(x[200:]), y[200:]).item()
+    assert stats["dev_loss_after"] == pytest.approx(dev_loss, abs=1e-6)
+    assert stats["dev_loss_after"] < stats["dev_loss_before"] / 3
+    assert stats["dev_accuracy_before"] < 0.2 and stats["dev_accuracy_after"] > 0.9
+    assert 1 <= stats["best_epoch"] <= stats["epochs_run"] <= 30
+
+
+def test_fit_head_leaves_a_head_no_epoch_improves_unchanged():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(200, 8, generator=g)
+    y = torch.randint(0, 2, (200,), generator=g)  # labels unrelated to the features: training only overfits
+    dev_x = torch.zeros(50, 8)  # every head scores these alike; a zero head is already at the best dev loss
+    head = torch.nn.Linear(8, 2, bias=False)
+    torch.nn.init.zeros_(head.weight)
+    stats = fit_head(head, (x, y), (dev_x, torch.tensor([0, 1] * 25)), epochs=20, patience=3)
+    assert stats["best_epoch"] == 0 and stats["epochs_run"] == 3
+    assert torch.equal(head.weight, torch.zeros(2, 8))
+
+
+def test_refit_heads_lowers_each_merged_heads_dev_loss_and_keeps_the_original(runs, tmp_path):
+    out = tmp_path / "m"
+    merge_adapters([runs["sentiment"], runs["topic"]], out, weights=[2.0, 2.0])  # a merge that moves features
+    before = {t: load_file(str(out / "heads" / f"{t}.safetensors")) for t in ("sentiment", "topic")}
+    merged = load_merged(out, device="cpu")
+    dev_before = {t: evaluate_merged(merged, t, "dev") for t in before}
+    report = refit_heads(out, device="cpu", lr=1e-2, log=lambda *_: None)
+    doc = json.loads((out / "merged.json").read_text())
+    merged = load_merged(out, device="cpu")
+    for t in before:
+        stats = report[t]
+        assert doc["tasks"][[x["name"] for x in doc["tasks"]].index(t)]["refit"] == stats
+        assert stats["train_examples"] == 64  # the adapter's whole training split
+        assert stats["dev_loss_before"] == pytest.approx(dev_before[t]["loss"], abs=1e-5)
+        dev_after = evaluate_merged(merged, t, "dev")
+        assert dev_after["loss"] == pytest.approx(stats["dev_loss_after"], abs=1e-5)
+        assert dev_after["loss"] <= dev_before[t]["loss"]
+        original = load_file(str(out / "heads" / f"{t}.original.safetensors"))
+        assert torch.equal(original["weight"], before[t]["weight"])
+        changed = not torch.equal(
+            load_file(str(out / "heads" / f"{t}.safetensors"))["weight"], original["weight"]
+        )
+        assert changed == (stats["best_epoch"] > 0)
+    assert any(r["best_epoch"] > 0 and r["dev_loss_after"] < r["dev_loss_before"] for r in report.values())
+    # a second re-fit starts again from the trained head, so it lands on the same head
+    first = load_file(str(out / "heads" / "topic.safetensors"))["weight"]
+    refit_heads(out, tasks=["topic"], device="cpu", lr=1e-2, log=lambda *_: None)
+    assert torch.equal(load_file(str(out / "heads" / "topic.safetensors"))["weight"], first)

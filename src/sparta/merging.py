@@ -14,6 +14,10 @@ fields, a single forward serves every task, as in the paper. Instruct models wra
 the chat template, so different tasks give different token sequences and the merged model runs one forward per
 distinct prompt format (still one backbone and no adapter switching). `predict_merged` does this grouping itself.
 
+Head re-fit (optional, beyond the paper). Each task's deltas also move the features the other tasks' heads read.
+`refit_heads` trains each linear head again, alone, on the merged backbone's last-token features of its own
+training examples and keeps the epoch of best dev loss (never worse on dev than the head as merged).
+
 Export. One adapter merged into its base with its head: a plain ``AutoModelForSequenceClassification`` directory
 (config has nothing sparta-specific) plus the tokenizer, with the same inference cost as the base model. A
 ``run.json`` sidecar (ignored by transformers) lets ``sparta eval/predict`` rebuild the run's input format.
@@ -571,6 +575,162 @@ def compare_with_single(
         }
         del run
     return out
+
+
+# -- re-fitting heads on the merged backbone -----------------------------------------------------------------------
+@torch.no_grad()
+def _pooled_features(merged: MergedModel, data, padding_side: str, batch_size: int) -> torch.Tensor:
+    """(N, d) float32 last-token hidden states of the merged backbone, in `data`'s order."""
+    from sparta.train import data as D
+
+    pad = merged.tokenizer.pad_token_id
+    out = None
+    for idx, batch in D.iter_batches(data, D.sorted_batches(data.lengths, batch_size), pad, padding_side):
+        batch.pop("labels")
+        pooled = merged.model.pooled(**{k: v.to(merged.device) for k, v in batch.items()}).float().cpu()
+        if out is None:
+            out = torch.empty(len(data), pooled.shape[-1])
+        out[idx] = pooled
+    return out
+
+
+def _run_train_samples(entry: dict[str, Any]) -> int | None:
+    """The max_train_samples the task's adapter was trained with (None: all, or unknown)."""
+    results = Path(entry["source"]) / "results.json"
+    try:
+        return json.loads(results.read_text())["config"].get("max_train_samples")
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return None
+
+
+def fit_head(
+    head: nn.Linear,
+    train: tuple[torch.Tensor, torch.Tensor],
+    dev: tuple[torch.Tensor, torch.Tensor],
+    *,
+    lr: float = 1e-3,
+    epochs: int = 50,
+    patience: int = 5,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Train `head` in place on cached features (AdamW, minibatches), keeping the state of best dev loss.
+
+    Epoch 0 is the head as given: when no epoch beats its dev loss the head is left unchanged.
+    """
+
+    def dev_metrics() -> tuple[float, float]:
+        with torch.no_grad():
+            logits = head(dev[0])
+            return F.cross_entropy(logits, dev[1]).item(), (logits.argmax(-1) == dev[1]).float().mean().item()
+
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.0)
+    loss0, acc0 = dev_metrics()
+    best = (loss0, 0, acc0, {k: v.clone() for k, v in head.state_dict().items()})
+    since_best = 0
+    for epoch in range(1, epochs + 1):
+        for idx in torch.randperm(len(train[1]), generator=generator).split(batch_size):
+            loss = F.cross_entropy(head(train[0][idx]), train[1][idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        dev_loss, dev_acc = dev_metrics()
+        if dev_loss < best[0]:
+            best, since_best = (
+                (dev_loss, epoch, dev_acc, {k: v.clone() for k, v in head.state_dict().items()}),
+                0,
+            )
+        else:
+            since_best += 1
+            if since_best >= patience:
+                break
+    head.load_state_dict(best[3])
+    return {
+        "lr": lr,
+        "epochs_run": epoch,
+        "best_epoch": best[1],
+        "dev_loss_before": loss0,
+        "dev_accuracy_before": acc0,
+        "dev_loss_after": best[0],
+        "dev_accuracy_after": best[2],
+    }
+
+
+def refit_heads(
+    path: str | Path,
+    *,
+    tasks: list[str] | None = None,
+    data_dir: str | None = None,
+    max_train_samples: int | None = None,
+    lr: float = 1e-3,
+    epochs: int = 50,
+    patience: int = 5,
+    batch_size: int = 32,
+    device: str | None = None,
+    log=print,
+) -> dict[str, dict[str, Any]]:
+    """Re-train each task's head (only the head) on the merged backbone's features of its own training data.
+
+    Every task's deltas shift the hidden states all heads read; a head fitted against its single-task backbone
+    then reads features that moved. This fits each linear head again on the merged model's last-token features
+    of the examples its adapter was trained on (the same seed and sample size unless `max_train_samples` is
+    given), starting from the trained head and keeping the epoch of best dev loss (epoch 0: the head unchanged).
+    The backbone is untouched; the original head is kept as ``heads/<task>.original.safetensors``.
+    """
+    from safetensors.torch import load_file, save_file
+
+    from sparta.tasks import load_splits
+    from sparta.train import data as D
+
+    path = Path(path)
+    merged = load_merged(path, device)
+    document = merged.document
+    names = tasks or [t["name"] for t in document["tasks"]]
+    report: dict[str, dict[str, Any]] = {}
+    for name in names:
+        entry = merged.task(name)
+        if not entry.get("task"):
+            raise SpartaError(
+                f"task {name!r} came from a bare adapter dir (no run.json): its training data is unknown; "
+                "merge training dirs to re-fit heads"
+            )
+        n_train = max_train_samples or _run_train_samples(entry)
+        splits = load_splits(
+            merged.specs[name], data_dir, seed=entry.get("seed") or 0, max_train_samples=n_train
+        )
+        if not splits["train"] or not splits["dev"]:
+            raise SpartaError(f"task {name} needs train and dev examples to re-fit its head")
+        features = {}
+        # train drops over-long examples as training did; dev truncates them as evaluation does
+        for split in ("train", "dev"):
+            if split == "train" and entry.get("max_length"):
+                data = D.encode_split(splits[split], merged.specs[name], merged.tokenizer, entry["instruct"],
+                                      entry["template"], entry["max_length"])  # fmt: skip
+            else:
+                data = _encode(merged, name, splits[split])
+            x = _pooled_features(merged, data, entry["padding_side"], batch_size)
+            features[split] = (x, torch.tensor(data.labels, dtype=torch.long))
+        file = path / entry["head_file"]
+        original = file.with_name(f"{name}.original.safetensors")
+        if not original.exists():  # keep the head the adapter trained; a second re-fit starts from it again
+            shutil.copyfile(file, original)
+        head = merged.model.heads[name].float().cpu()
+        head.load_state_dict(load_file(str(original)))
+        stats = fit_head(head, features["train"], features["dev"], lr=lr, epochs=epochs, patience=patience,
+                         seed=entry.get("seed") or 0)  # fmt: skip
+        stats["train_examples"] = len(features["train"][1])
+        entry["refit"] = stats
+        tensors = {k: v.detach().contiguous() for k, v in head.state_dict().items()}
+        save_file(tensors, str(file), {HEAD_METADATA_KEY: json.dumps(entry, sort_keys=True)})
+        report[name] = stats
+        log(
+            f"  {name}: head re-fitted on {stats['train_examples']:,} examples, best epoch {stats['best_epoch']} "
+            f"of {stats['epochs_run']}; dev loss {stats['dev_loss_before']:.4f} -> {stats['dev_loss_after']:.4f}, "
+            f"dev accuracy {stats['dev_accuracy_before']:.4f} -> {stats['dev_accuracy_after']:.4f}"
+        )
+    (path / MERGED_FILE).write_text(json.dumps(document, indent=2) + "\n")
+    return report
 
 
 # -- export --------------------------------------------------------------------------------------------------------

@@ -86,6 +86,28 @@ def test_merge_bad_input_is_one_line_error(trained, tmp_path, capsys):
     )
 
 
+def test_merge_with_refit_heads_records_the_refit_and_evaluates_it(trained, tmp_path, capsys):
+    out = tmp_path / "m"
+    argv = ["merge", str(trained["sentiment"]), str(trained["intensity"]), "--output", str(out), "--refit-heads",
+            "--refit-samples", "32", "--refit-epochs", "5", "--eval", "--split", "dev", "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    doc = json.loads((out / "merged.json").read_text())
+    for task in doc["tasks"]:
+        refit = task["refit"]
+        assert refit["train_examples"] == 32 and refit["epochs_run"] <= 5
+        assert f"{task['name']}: head re-fitted on 32 examples" in printed
+        merged_dev = doc["eval"]["tasks"][task["name"]]["merged"]
+        assert merged_dev["loss"] == pytest.approx(refit["dev_loss_after"], abs=1e-5)
+        assert (out / "heads" / f"{task['name']}.original.safetensors").is_file()
+    assert (
+        main(["merge", str(trained["sentiment"]), "--output", str(tmp_path / "x"), "--refit-samples", "0"])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "--refit-samples must be a positive number" in err and not (tmp_path / "x").exists()
+
+
 def test_export_then_eval_and_predict_the_exported_dir(trained, tmp_path, capsys):
     out = tmp_path / "export"
     assert main(["export", str(trained["sentiment"]), "--output", str(out)]) == 0

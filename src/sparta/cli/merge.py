@@ -11,6 +11,7 @@ import json
 EPILOG = """examples:
   sparta merge runs/sst2 runs/cola --output merged/sst2-cola
   sparta merge runs/sst2 runs/cola --output merged/sst2-cola --eval --max-eval-samples 500
+  sparta merge runs/sst2 runs/cola --output merged/sst2-cola --refit-heads --eval
   sparta predict merged/sst2-cola "the movie was a delight"
   sparta eval merged/sst2-cola --task cola
 
@@ -44,6 +45,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--names", help="comma-separated task name per adapter (default: the run's task)")
     parser.add_argument("--model", help="base model (default: the one the adapters record)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier merge in --output")
+    parser.add_argument(
+        "--refit-heads",
+        action="store_true",
+        help="after merging, re-train each task's head (only the head) on the merged backbone's features of its "
+        "training data, keeping the epoch of best dev loss; the backbone is unchanged",
+    )
+    parser.add_argument(
+        "--refit-samples",
+        type=int,
+        metavar="N",
+        help="training examples per task for --refit-heads (default: as many as its adapter was trained on)",
+    )
+    parser.add_argument("--refit-lr", type=float, default=1e-3, help="AdamW rate for --refit-heads (1e-3)")
+    parser.add_argument("--refit-epochs", type=int, default=50, help="most epochs for --refit-heads (50)")
     parser.add_argument("--eval", action="store_true", help="compare each task's metrics: merged vs single")
     parser.add_argument("--split", default="test", choices=("train", "dev", "test"), help="split for --eval")
     parser.add_argument("--data-dir", help="folder holding <task>/<split>.jsonl.gz")
@@ -60,7 +75,13 @@ def _fmt(metrics: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from sparta.merging import MERGED_FILE, compare_with_single, merge_adapters
+    from sparta.errors import SpartaError
+    from sparta.merging import MERGED_FILE, compare_with_single, merge_adapters, read_merged, refit_heads
+
+    if args.refit_samples is not None and args.refit_samples < 1:
+        raise SpartaError(f"--refit-samples must be a positive number, got {args.refit_samples}")
+    if args.refit_epochs < 1 or args.refit_lr <= 0:
+        raise SpartaError("--refit-epochs must be at least 1 and --refit-lr positive")
 
     names = [n.strip() for n in args.names.split(",")] if args.names else None
     doc = merge_adapters(
@@ -84,6 +105,17 @@ def run(args: argparse.Namespace) -> int:
         )
     for w in doc["warnings"]:
         print(f"warning: {w}")
+    if args.refit_heads:
+        refit_heads(
+            args.output,
+            data_dir=args.data_dir,
+            max_train_samples=args.refit_samples,
+            lr=args.refit_lr,
+            epochs=args.refit_epochs,
+            batch_size=args.batch_size,
+            device=args.device,
+        )
+        doc = read_merged(args.output)
     if args.eval:
         comparison = compare_with_single(
             args.output, args.split, args.data_dir, args.max_eval_samples, args.batch_size, args.device
