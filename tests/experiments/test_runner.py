@@ -85,3 +85,28 @@ def test_a_failing_cell_is_reported_and_the_grid_goes_on(recipe_file, tmp_path):
     assert (
         list(summary.failed) == ["toy/sparta/seed0"] and "exit code 2" in summary.failed["toy/sparta/seed0"]
     )
+
+
+def test_the_estimate_of_the_cells_left_is_scaled_by_the_finished_cells_speed(recipe_file, tmp_path):
+    from sparta.experiments.recipes import estimate_parts, estimate_seconds, expand, format_seconds
+
+    recipe = load_recipe(recipe_file)
+    out = tmp_path / "out"
+    run_experiment(recipe, "cpu", out, only=["sparta"], seeds=[0], isolation="process", log=lambda m: None)
+    cells, _ = expand(recipe, "cpu")
+    done = next(c for c in cells if c.key == KEYS[0])
+    train_estimate = estimate_parts(done)[0]
+    results_file = out / KEYS[0] / "results.json"
+    results = json.loads(results_file.read_text())
+    results["train_seconds"] = 7 * train_estimate  # this machine ran 7x slower than the estimate assumed
+    results_file.write_text(json.dumps(results))
+    lines: list[str] = []
+    run_experiment(recipe, "cpu", out, dry_run=True, log=lines.append)
+    left = sum(estimate_seconds(c) for c in cells if c.key != KEYS[0])
+    assert f"  {format_seconds(7 * left)} for those left, x7.00 as measured by 1 finished cell" in lines
+    lines.clear()
+    run_experiment(recipe, "cpu", out, only=["head"], seeds=[0], isolation="process", log=lines.append)
+    head_left = sum(estimate_seconds(c) for c in cells if c.key == "toy/head/seed0")
+    assert (
+        f"(estimate {format_seconds(7 * head_left)} on CPU, x7.00 as measured by 1 finished cell)" in lines[0]
+    )

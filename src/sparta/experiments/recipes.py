@@ -314,6 +314,11 @@ def estimate_seconds(cell: Cell, tokens_per_example: dict[str, int] | None = Non
 
     `tokens_per_example[task]` is one number or [train, eval]: tokens per sampled training example (lower when
     the length filter drops many) and per evaluated example."""
+    return sum(estimate_parts(cell, tokens_per_example))
+
+
+def estimate_parts(cell: Cell, tokens_per_example: dict[str, int] | None = None) -> tuple[float, float]:
+    """(training, evaluation) seconds of `estimate_seconds`."""
     cfg = TrainConfig.from_dict(cell.settings)
     name = cfg.task if cfg.task in TASK_SIZES else cell.task
     n_train, n_dev, n_test = TASK_SIZES.get(name, (1000, 100, 100))
@@ -338,9 +343,20 @@ def estimate_seconds(cell: Cell, tokens_per_example: dict[str, int] | None = Non
     eval_examples = n_evals * n_dev + n_test + (n_dev + n_test if cfg.zero_shot else 0)
     factor = METHOD_COST.get(cfg.method, 1.0)
     return (
-        train_tokens * train_examples * TRAIN_S_PER_TOKEN * factor
-        + eval_tokens * eval_examples * EVAL_S_PER_TOKEN
+        train_tokens * train_examples * TRAIN_S_PER_TOKEN * factor,
+        eval_tokens * eval_examples * EVAL_S_PER_TOKEN,
     )
+
+
+def measured_speed_factor(
+    done: list[tuple[Cell, float]], tokens_per_example: dict[str, int] | None = None
+) -> float | None:
+    """How much slower (>1) or faster this machine trained than the estimate: the measured `train_seconds` of
+    finished cells over their estimated training seconds (None without any). Threads, load and the model all
+    show up in it, so the estimate of the cells left can be scaled by it."""
+    estimated = sum(estimate_parts(cell, tokens_per_example)[0] for cell, _ in done)
+    measured = sum(seconds for _, seconds in done)
+    return measured / estimated if done and estimated > 0 and measured > 0 else None
 
 
 def format_seconds(seconds: float) -> str:

@@ -25,6 +25,7 @@ from sparta.experiments.recipes import (
     estimate_seconds,
     expand,
     format_seconds,
+    measured_speed_factor,
     resolve_budgets,
 )
 from sparta.train.config import TrainConfig
@@ -145,9 +146,14 @@ def run_experiment(
     output.mkdir(parents=True, exist_ok=True)
     todo = [c for c in cells if not is_done(c.directory(output))]
     summary.skipped = [c.key for c in cells if c not in todo]
-    left = sum(estimate_seconds(c, tokens) for c in todo)
+    everything = (
+        cells
+        if not (only or tasks)
+        else expand(recipe, scale, model=model, seeds=seeds, overrides=overrides)[0]
+    )
+    left, scaled = _estimate_left(everything, todo, output, tokens)
     log(f"{recipe.name} ({scale}): {len(cells)} cells, {len(summary.skipped)} finished, {len(todo)} to run "
-        f"(estimate {format_seconds(left)} on CPU); output {output}")  # fmt: skip
+        f"(estimate {format_seconds(left)} on CPU{scaled}); output {output}")  # fmt: skip
     for i, cell in enumerate(todo, 1):
         log(f"[{i}/{len(todo)}] {cell.key} ({cell.label})")
         t0 = time.perf_counter()
@@ -162,6 +168,26 @@ def run_experiment(
     if recipe.kind == "merging":
         run_merges(recipe, scale, output, cells, summary, log)
     return summary
+
+
+def _train_seconds(directory: Path) -> float | None:
+    try:
+        return float(json.loads((directory / RESULTS_FILE).read_text())["train_seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _estimate_left(cells: list[Cell], todo: list[Cell], output: Path, tokens) -> tuple[float, str]:
+    """Estimated seconds of the cells in `todo`, scaled by the measured speed of the finished ones among `cells`
+    (the whole grid, not only the rows asked for) when there are any, and a note saying so ('' when unscaled)."""
+    keys = {c.key for c in todo}
+    done = [(c, _train_seconds(c.directory(output))) for c in cells if c.key not in keys]
+    done = [(c, s) for c, s in done if s is not None]
+    left = sum(estimate_seconds(c, tokens) for c in todo)
+    factor = measured_speed_factor(done, tokens)
+    if factor is None:
+        return left, ""
+    return left * factor, f", x{factor:.2f} as measured by {len(done)} finished cell{'s' * (len(done) > 1)}"
 
 
 def _print_plan(recipe, scale, output, cells, tokens, summary, log) -> RunSummary:
@@ -185,6 +211,10 @@ def _print_plan(recipe, scale, output, cells, tokens, summary, log) -> RunSummar
     log(f"estimated CPU time: {format_seconds(total)} for all cells, {format_seconds(todo)} for those left "
         f"(SmolLM2-135M fp32 CPU rates: ~3 ms per training token, ~1 ms per evaluated token; other models and "
         "GPUs differ)")  # fmt: skip
+    left = [c for c in cells if not is_done(c.directory(output))]
+    seconds, scaled = _estimate_left(cells, left, output, tokens)
+    if scaled:
+        log(f"  {format_seconds(seconds)} for those left{scaled}")
     return summary
 
 
