@@ -92,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
         overwrite=args.overwrite,
     )
-    print(f"merged {len(doc['tasks'])} adapters into {args.output} (base {doc['base_model']})")
+    n = len(doc["tasks"])
+    print(f"merged {n} adapter{'s' * (n != 1)} into {args.output} (base {doc['base_model']})")
     for t in doc["tasks"]:
         print(f"  {t['name']}: weight {t['weight']:g}, {t['deltas']:,} deltas, seed {t['adapter_seed']}, "
               f"{t['num_labels']} labels, from {t['source']}")  # fmt: skip
