@@ -110,3 +110,28 @@ def test_the_estimate_of_the_cells_left_is_scaled_by_the_finished_cells_speed(re
     assert (
         f"(estimate {format_seconds(7 * head_left)} on CPU, x7.00 as measured by 1 finished cell)" in lines[0]
     )
+
+
+def test_a_cell_finished_meanwhile_by_another_run_is_kept_not_retrained(recipe_file, tmp_path):
+    recipe = load_recipe(recipe_file)
+    out = tmp_path / "out"
+    trained: list[str] = []
+    finished: dict[str, int] = {}
+
+    def first_finishes_the_last_cell_too(cfg, log=print):
+        trained.append(cfg.output)
+        result = train(cfg, log=log)
+        if len(trained) == 1:  # meanwhile, a second process on the same output finishes toy/head/seed1
+            run_experiment(
+                recipe, "cpu", out, only=["head"], seeds=[1], isolation="process", log=lambda m: None
+            )
+            finished["mtime"] = (out / KEYS[3] / "results.json").stat().st_mtime_ns
+        return result
+
+    summary = run_experiment(
+        recipe, "cpu", out, isolation="process", train_fn=first_finishes_the_last_cell_too, log=lambda m: None
+    )
+    assert trained == [str(out / k) for k in KEYS[:3]]
+    assert summary.ran == KEYS[:3] and summary.skipped == [KEYS[3]]
+    assert json.loads((out / KEYS[3] / "results.json").read_text())["method"] == "head"
+    assert (out / KEYS[3] / "results.json").stat().st_mtime_ns == finished["mtime"]

@@ -155,6 +155,10 @@ def run_experiment(
     log(f"{recipe.name} ({scale}): {len(cells)} cells, {len(summary.skipped)} finished, {len(todo)} to run "
         f"(estimate {format_seconds(left)} on CPU{scaled}); output {output}")  # fmt: skip
     for i, cell in enumerate(todo, 1):
+        if is_done(cell.directory(output)):  # finished meanwhile by another `sparta reproduce` on this output
+            summary.skipped.append(cell.key)
+            log(f"[{i}/{len(todo)}] {cell.key}: finished meanwhile by another run, skipped")
+            continue
         log(f"[{i}/{len(todo)}] {cell.key} ({cell.label})")
         t0 = time.perf_counter()
         try:
