@@ -1,0 +1,56 @@
+"""Directories written by sparta before the architecture change (tests/fixtures/v1, made at commit 1bb09b3) still
+load and give the same probabilities: every method's run dir, a merged multi-head model and an export."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sparta.merging import load_merged, predict_merged
+from sparta.train import load_run, predict
+from sparta.train.inference import examples_from_texts
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "v1"
+
+
+@pytest.fixture(scope="module")
+def fixture_dir(tmp_path_factory) -> Path:
+    """A copy of the fixture with its recorded absolute paths pointed at the copy."""
+    root = tmp_path_factory.mktemp("v1") / "v1"
+    shutil.copytree(FIXTURE, root)
+    for file in root.rglob("*.json"):
+        text = file.read_text()
+        if "@FIXTURE@" in text:
+            file.write_text(text.replace("@FIXTURE@", str(root)))
+    return root
+
+
+def _close(a: list[list[float]], b: list[list[float]]) -> bool:
+    return all(math.isclose(x, y, rel_tol=1e-5, abs_tol=1e-7) for ra, rb in zip(a, b, strict=True)
+               for x, y in zip(ra, rb, strict=True))  # fmt: skip
+
+
+EXPECTED = json.loads((FIXTURE / "expected.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED["runs"]))
+def test_v1_run_dirs_load_and_give_the_same_probabilities(fixture_dir, name):
+    run = load_run(fixture_dir / name, device="cpu")
+    preds = predict(run, examples_from_texts(run.task, EXPECTED["texts"]))
+    got = [[p["probabilities"][k] for k in run.task.label_names] for p in preds]
+    assert _close(got, EXPECTED["runs"][name])
+
+
+def test_v1_merged_model_loads_and_gives_the_same_probabilities(fixture_dir):
+    merged = load_merged(fixture_dir / "merged", "cpu")
+    got: dict[str, list] = {}
+    for p in predict_merged(merged, EXPECTED["texts"]):
+        for task, v in p.items():
+            got.setdefault(task, []).append(list(v["probabilities"].values()))
+    assert set(got) == set(EXPECTED["merged"])
+    for task, rows in got.items():
+        assert _close(rows, EXPECTED["merged"][task])
