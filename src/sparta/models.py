@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sparta.adapter.config import DTYPES
 from sparta.errors import SpartaError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 TASKS = ("causal-lm", "classification")
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -266,7 +266,7 @@ def _torch_dtype(dtype: Any) -> Any:
         return dtype
     if dtype not in DTYPES:
         raise SpartaError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
-    return getattr(torch, dtype)
+    return DTYPES[dtype]
 
 
 def _check_saved_head(resolved: ResolvedModel, num_labels: int) -> None:

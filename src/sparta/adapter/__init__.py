@@ -2,7 +2,8 @@
 
 from sparta.adapter.config import SpartaConfig
 from sparta.adapter.io import iter_dense_deltas, read_adapter_config
-from sparta.adapter.model import SpartaModel, find_targets, get_sparta_model
+from sparta.adapter.model import SpartaModel, get_sparta_model
+from sparta.adapter.targets import find_targets
 
 __all__ = [
     "SpartaConfig",

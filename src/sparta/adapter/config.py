@@ -1,4 +1,8 @@
-"""SpartaConfig: what to adapt, how densely, and from which seed."""
+"""SpartaConfig: what to adapt, how densely, and from which seed; and the one list of each format name.
+
+The names a user can give for a dtype, an index encoding or a merge mode are defined here once; every other
+module (file io, the training options, the CLI) takes its choices from these.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,22 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
+
 from sparta.errors import SpartaError
 
 ALL_LINEAR = "all-linear"
 MERGE_MODES = ("inplace", "functional")
+# dtype names sparta accepts (model weights, adapter deltas on disk), and the torch dtype of each
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+DTYPE_NAMES = tuple(DTYPES)
+# how phi is encoded in an adapter file (see sparta.adapter.io)
+INDEX_FORMATS = ("seed", "coo16", "flat32")
+HEAD_MODULES = ("score", "classifier")  # default fully trained heads
 
 
 @dataclass
@@ -46,7 +62,7 @@ class SpartaConfig:
         },
     )
     head_modules: list[str] = field(
-        default_factory=lambda: ["score", "classifier"],
+        default_factory=lambda: list(HEAD_MODULES),
         metadata={"help": "Module names of the task head(s), kept fully trainable; empty to freeze heads."},
     )
     delta_dtype: str = field(
@@ -63,7 +79,7 @@ class SpartaConfig:
     )
 
     def __post_init__(self) -> None:
-        self.density = _check_density(self.density, "density")
+        self.density = check_density(self.density, "density")
         if isinstance(self.target_modules, tuple):
             self.target_modules = list(self.target_modules)
         if isinstance(self.target_modules, list):
@@ -76,7 +92,7 @@ class SpartaConfig:
         elif self.target_modules != ALL_LINEAR:
             _compile(self.target_modules)
         self.density_overrides = {
-            k: _check_density(v, f"density_overrides[{k!r}]") for k, v in self.density_overrides.items()
+            k: check_density(v, f"density_overrides[{k!r}]") for k, v in self.density_overrides.items()
         }
         self.head_modules = list(self.head_modules)
         if self.delta_dtype not in ("float32", "bfloat16", "float16"):
@@ -105,7 +121,7 @@ class SpartaConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-def _check_density(value: Any, what: str) -> float:
+def check_density(value: Any, what: str = "density") -> float:
     try:
         density = float(value)
     except (TypeError, ValueError):

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,31 +26,16 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from sparta.adapter.config import SpartaConfig
+from sparta.adapter.config import DTYPES, INDEX_FORMATS, SpartaConfig
 from sparta.adapter.fingerprint import check_fingerprint, model_fingerprint
 from sparta.adapter.sampling import indices_checksum, sample_indices
+from sparta.adapter.targets import find_targets, is_head
 from sparta.errors import SpartaError
-
-if TYPE_CHECKING:
-    from sparta.adapter.model import SpartaModel
+from sparta.fileio import atomic_file
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT_VERSION = 1
-INDEX_FORMATS = ("seed", "coo16", "flat32")
-DELTA_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write via a temporary file in the same directory and an atomic rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
@@ -130,14 +114,14 @@ def _read(reader: Any, key: str) -> torch.Tensor:
 
 
 def save_adapter(
-    model: SpartaModel, path: Path, *, index_format: str = "seed", delta_dtype: str = "float32"
+    model: nn.Module, path: Path, *, index_format: str = "seed", delta_dtype: str = "float32"
 ) -> Path:
-    """Write the adapter of `model` into directory `path` (created if needed); returns `path`."""
+    """Write the adapter of `model` (a `SpartaModel`) into directory `path` (created if needed); returns `path`."""
     if index_format not in INDEX_FORMATS:
         raise SpartaError(f"index_format must be one of {', '.join(INDEX_FORMATS)}, got {index_format!r}")
-    if delta_dtype not in DELTA_DTYPES:
-        raise SpartaError(f"delta_dtype must be one of {', '.join(DELTA_DTYPES)}, got {delta_dtype!r}")
-    dtype = DELTA_DTYPES[delta_dtype]
+    if delta_dtype not in DTYPES:
+        raise SpartaError(f"delta_dtype must be one of {', '.join(DTYPES)}, got {delta_dtype!r}")
+    dtype = DTYPES[delta_dtype]
     path.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     params: dict[str, dict] = {}
@@ -178,14 +162,13 @@ def save_adapter(
         },
     }
 
-    def write_weights(tmp: str) -> None:
+    with atomic_file(path / WEIGHTS_NAME) as tmp:
         # one metadata key only: safetensors writes the metadata map in no fixed order, and saving the same
         # adapter must give the same bytes (resume is checked bitwise; the SHA-256 below is of these bytes)
-        save_file(tensors, tmp, metadata={"format": "pt"})
-        document["weights_sha256"] = _sha256(Path(tmp))
-
-    _atomic_write(path / WEIGHTS_NAME, write_weights)
-    _atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(document, indent=1)))
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        document["weights_sha256"] = _sha256(tmp)
+    with atomic_file(path / CONFIG_NAME) as tmp:
+        tmp.write_text(json.dumps(document, indent=1))
     return path
 
 
@@ -251,13 +234,19 @@ def _indices_for(document: dict, reader: Any) -> dict[str, torch.Tensor]:
         raise SpartaError(f"adapter config is corrupt ({type(err).__name__}: {err})") from None
 
 
-def load_adapter(base_model: nn.Module, path: Path, *, is_trainable: bool = False) -> SpartaModel:
-    """Wrap `base_model` with the adapter saved in `path`, after checking it is the adapter's base model.
+@dataclass
+class SavedAdapter:
+    """An adapter read from disk and checked against one base model: what `SpartaModel.from_pretrained` needs."""
 
-    Everything is read and validated before the model is touched: a bad adapter leaves `base_model` as it was.
-    """
-    from sparta.adapter.model import SpartaModel, _is_head, find_targets
+    config: SpartaConfig
+    indices: dict[str, torch.Tensor]  # sorted flat positions phi per adapted tensor
+    deltas: dict[str, torch.Tensor]
+    heads: dict[str, torch.Tensor]
 
+
+def read_adapter_for(base_model: nn.Module, path: Path) -> SavedAdapter:
+    """Read the adapter in `path` and check that `base_model` is its base model (fingerprint, targets, head
+    shapes), without touching the model: a SpartaError names the first thing that does not fit."""
     document = read_adapter_config(path)
     try:
         config = SpartaConfig.from_dict(document["config"])
@@ -268,7 +257,7 @@ def load_adapter(base_model: nn.Module, path: Path, *, is_trainable: bool = Fals
         expected_fingerprint = document["base_model"].get("fingerprint") or {}
     except (AttributeError, KeyError, TypeError, ValueError) as err:
         raise SpartaError(f"{path / CONFIG_NAME} is corrupt ({type(err).__name__}: {err})") from None
-    heads = [n for n, _ in base_model.named_modules() if n and _is_head(n, config.head_modules)]
+    heads = [n for n, _ in base_model.named_modules() if n and is_head(n, config.head_modules)]
     check_fingerprint(expected_fingerprint, model_fingerprint(base_model, exclude=heads), required=saved)
     found = {t.name: (t.shape, t.density) for t in find_targets(base_model, config)}
     if found != saved:
@@ -300,17 +289,7 @@ def load_adapter(base_model: nn.Module, path: Path, *, is_trainable: bool = Fals
         if tuple(values.shape) != saved_heads[name]:
             raise SpartaError(f"adapter file is corrupt: head {name!r} has shape {tuple(values.shape)}")
 
-    model = SpartaModel(base_model, config, indices=indices)
-    with torch.no_grad():
-        for name, delta in model.delta_parameters().items():
-            delta.copy_(deltas[name].to(delta.dtype))
-            delta.requires_grad_(is_trainable)
-        for name, p in model.head_parameters().items():
-            if name in head_values:
-                p.copy_(head_values[name].to(p.dtype))
-            p.requires_grad_(is_trainable)
-    model.sync_weights()
-    return model
+    return SavedAdapter(config, indices, deltas, head_values)
 
 
 def read_sparse_deltas(path: Path) -> dict[str, tuple[tuple[int, ...], torch.Tensor, torch.Tensor]]:

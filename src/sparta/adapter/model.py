@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,93 +13,13 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from sparta.adapter.config import ALL_LINEAR, SpartaConfig, _compile, _matches, check_merge_mode
+from sparta.adapter import io
+from sparta.adapter.config import DTYPES, SpartaConfig, check_merge_mode
 from sparta.adapter.fingerprint import model_fingerprint
 from sparta.adapter.layer import SparseVectorDelta, SpartaLinear
 from sparta.adapter.sampling import count_indices, sample_indices
+from sparta.adapter.targets import AdaptedParam, Conv1D, find_targets, is_head
 from sparta.errors import SpartaError
-
-try:  # GPT-2 style transposed linear layers
-    from transformers.pytorch_utils import Conv1D
-except ImportError:  # pragma: no cover - transformers is a dependency
-    Conv1D = ()  # type: ignore[assignment,misc]
-
-_LINEAR_TYPES = (nn.Linear, Conv1D) if Conv1D else (nn.Linear,)
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass
-class AdaptedParam:
-    """One sparsely adapted tensor: `name` is the parameter's name in the base model."""
-
-    name: str
-    module_name: str
-    attr: str  # "weight" or "bias"
-    shape: tuple[int, ...]
-    density: float
-    kind: str  # "matrix" (SpartaLinear) or "vector" (SparseVectorDelta)
-
-
-def _block_module_names(model: nn.Module) -> set[str]:
-    """Names of modules that live inside a transformer block (a descendant of an nn.ModuleList)."""
-    inside: set[str] = set()
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList):
-            inside.update(f"{name}.{sub}" if sub else name for sub, _ in module.named_modules() if sub)
-    return inside
-
-
-def _is_head(name: str, heads: list[str]) -> bool:
-    return any(_matches(h, name) for h in heads)
-
-
-def find_targets(model: nn.Module, config: SpartaConfig) -> list[AdaptedParam]:
-    """The tensors SpaRTA adapts for `config`, in model order; a SpartaError if the targets match nothing."""
-    in_blocks = _block_module_names(model)
-    linear = [
-        (n, m)
-        for n, m in model.named_modules()
-        if isinstance(m, _LINEAR_TYPES) and not _is_head(n, config.head_modules)
-    ]
-    if config.target_modules == ALL_LINEAR:
-        chosen = [(n, m) for n, m in linear if n in in_blocks]
-    elif isinstance(config.target_modules, list):
-        chosen = [(n, m) for n, m in linear if any(_matches(t, n) for t in config.target_modules)]
-        unmatched = [t for t in config.target_modules if not any(_matches(t, n) for n, _ in linear)]
-        if unmatched:
-            raise SpartaError(f"target_modules {unmatched} match no Linear module; {_available(linear)}")
-    else:
-        pattern = _compile(config.target_modules)
-        chosen = [(n, m) for n, m in linear if pattern.fullmatch(n)]
-    if not chosen:
-        raise SpartaError(
-            f"target_modules {config.target_modules!r} match no Linear module; {_available(linear)}"
-        )
-    targets = []
-    for name, module in chosen:
-        density = config.density_for(name)
-        targets.append(
-            AdaptedParam(f"{name}.weight", name, "weight", tuple(module.weight.shape), density, "matrix")
-        )
-        if config.include_biases and getattr(module, "bias", None) is not None:
-            targets.append(
-                AdaptedParam(f"{name}.bias", name, "bias", tuple(module.bias.shape), density, "vector")
-            )
-    if config.include_norms:
-        for name, module in model.named_modules():
-            weight = getattr(module, "weight", None)
-            is_norm = "norm" in type(module).__name__.lower()
-            if name in in_blocks and is_norm and isinstance(weight, nn.Parameter) and weight.dim() == 1:
-                density = config.density_for(name)
-                targets.append(
-                    AdaptedParam(f"{name}.weight", name, "weight", tuple(weight.shape), density, "vector")
-                )
-    return targets
-
-
-def _available(linear: list[tuple[str, nn.Module]]) -> str:
-    suffixes = sorted({re.sub(r"^.*\.", "", n) for n, _ in linear})
-    return f"Linear module names available: {', '.join(suffixes) or '(none)'}"
 
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -126,14 +44,14 @@ class SpartaModel(nn.Module):
         self.forward = functools.partial(SpartaModel._forward, self)
         with contextlib.suppress(TypeError, ValueError):
             self.forward.__signature__ = inspect.signature(model.forward)
-        self.head_names = [n for n, _ in model.named_modules() if n and _is_head(n, config.head_modules)]
+        self.head_names = [n for n, _ in model.named_modules() if n and is_head(n, config.head_modules)]
         self.head_names = [
             n for n in self.head_names if not any(n.startswith(f"{h}.") for h in self.head_names)
         ]
         self.base_fingerprint = model_fingerprint(model, exclude=self.head_names)
         self._requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
         self.targets = find_targets(model, config)
-        delta_dtype = _DTYPES[config.delta_dtype]
+        delta_dtype = DTYPES[config.delta_dtype]
         for p in model.parameters():
             p.requires_grad_(False)
         for target in self.targets:
@@ -299,17 +217,28 @@ class SpartaModel(nn.Module):
     def save_pretrained(
         self, path: str | Path, index_format: str = "seed", delta_dtype: str = "float32"
     ) -> Path:
-        from sparta.adapter.io import save_adapter
-
-        return save_adapter(self, Path(path), index_format=index_format, delta_dtype=delta_dtype)
+        return io.save_adapter(self, Path(path), index_format=index_format, delta_dtype=delta_dtype)
 
     @classmethod
     def from_pretrained(
         cls, base_model: nn.Module, path: str | Path, *, is_trainable: bool = False
     ) -> SpartaModel:
-        from sparta.adapter.io import load_adapter
+        """Wrap `base_model` with the adapter saved in `path`, after checking it is the adapter's base model.
 
-        return load_adapter(base_model, Path(path), is_trainable=is_trainable)
+        Everything is read and validated before the model is touched: a bad adapter leaves `base_model` as it was.
+        """
+        saved = io.read_adapter_for(base_model, Path(path))
+        model = cls(base_model, saved.config, indices=saved.indices)
+        with torch.no_grad():
+            for name, delta in model.delta_parameters().items():
+                delta.copy_(saved.deltas[name].to(delta.dtype))
+                delta.requires_grad_(is_trainable)
+            for name, p in model.head_parameters().items():
+                if name in saved.heads:
+                    p.copy_(saved.heads[name].to(p.dtype))
+                p.requires_grad_(is_trainable)
+        model.sync_weights()
+        return model
 
 
 def get_sparta_model(model: nn.Module, config: SpartaConfig) -> SpartaModel:

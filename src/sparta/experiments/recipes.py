@@ -267,7 +267,7 @@ def target_sizes(model: str, targets_list: list[list[str]], fetch: bool = True) 
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from sparta import SpartaConfig
-    from sparta.adapter.model import find_targets
+    from sparta.adapter.targets import find_targets
     from sparta.models import REGISTRY, is_cached, resolve_model
 
     if not fetch and model in REGISTRY and not is_cached(REGISTRY[model]):
