@@ -20,8 +20,8 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from sparta import SpartaConfig, get_sparta_model
-from sparta.merging import export_adapter
 from sparta.models import DEFAULT_MODEL, load_model, resolve_model
+from sparta.runs import export_run as export_adapter
 
 
 def make_adapter(model: str, path: Path, density: float) -> Path:

@@ -8,6 +8,7 @@ written atomically, and reused afterwards. The paper's models are registered as 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -18,6 +19,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
+from huggingface_hub import try_to_load_from_cache
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from sparta.adapter.config import DTYPES
 from sparta.errors import SpartaError
@@ -118,7 +124,6 @@ def hub_snapshot_dir(hub_id: str | None) -> str | None:
     """Local snapshot directory of a hub model in the Hugging Face cache, or None when not downloaded."""
     if not hub_id:
         return None
-    from huggingface_hub import try_to_load_from_cache
 
     hit = try_to_load_from_cache(hub_id, "config.json")
     return os.path.dirname(hit) if isinstance(hit, str) else None
@@ -156,8 +161,6 @@ def _gguf_dir(spec: ModelSpec) -> Path:
 
 def convert_gguf(spec: ModelSpec, target: Path) -> None:
     """De-quantize `spec`'s GGUF file into an fp32 safetensors HF directory at `target`, atomically."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     src = _gguf_dir(spec)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -244,8 +247,6 @@ def _load_error(resolved: ResolvedModel, what: str, err: Exception) -> SpartaErr
 
 def load_tokenizer(resolved: ResolvedModel) -> Any:
     """Load the tokenizer, with a pad token (the eos token when the checkpoint defines none)."""
-    from transformers import AutoTokenizer
-
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolved.path)
     except (OSError, ValueError) as err:
@@ -258,8 +259,6 @@ def load_tokenizer(resolved: ResolvedModel) -> Any:
 
 
 def _torch_dtype(dtype: Any) -> Any:
-    import torch
-
     if dtype is None:
         return torch.float32
     if isinstance(dtype, torch.dtype):
@@ -272,8 +271,6 @@ def _torch_dtype(dtype: Any) -> Any:
 def _check_saved_head(resolved: ResolvedModel, num_labels: int) -> None:
     """Raise a SpartaError when the checkpoint is a sequence classifier whose saved head has other than
     `num_labels` outputs (transformers would fail with a raw size-mismatch report)."""
-    from transformers import AutoConfig
-
     try:
         config = AutoConfig.from_pretrained(resolved.path)
     except (OSError, ValueError):
@@ -300,8 +297,6 @@ def load_model(
     with a freshly initialized head of `num_labels` outputs (a sequence classifier checkpoint keeps its saved
     head, which must have `num_labels` outputs: else a SpartaError).
     """
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
     torch_dtype = _torch_dtype(dtype)
     if task == "causal-lm":
         kwargs: dict[str, Any] = {}
@@ -330,3 +325,23 @@ def load_model(
             pad = load_tokenizer(resolved).pad_token_id
         config.pad_token_id = pad
     return model
+
+
+def pick_device(device: str | None, dtype: str | None) -> tuple[torch.device, torch.dtype]:
+    """cuda when available (bfloat16), else cpu (float32), unless given."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SpartaError(f"device {device!r} asked for but CUDA is not available; use --device cpu")
+    return dev, _torch_dtype(dtype or ("bfloat16" if dev.type == "cuda" else "float32"))
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Hide transformers' load report inside the block (a new head is always "MISSING" from a causal-LM
+    checkpoint), restoring its log level afterwards."""
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)

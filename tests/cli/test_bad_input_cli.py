@@ -3,16 +3,13 @@
 import gzip
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-from tinylm import save_model_dir, toy_examples  # noqa: E402
-
 from sparta.cli import main  # noqa: E402
+from tinylm import save_model_dir, toy_examples  # noqa: E402
 
 torch.set_num_threads(1)  # tiny models: threads only add contention on a busy machine
 

@@ -1,15 +1,11 @@
 """`sparta merge`, `sparta export` and predict/eval on their outputs, end to end through `sparta.cli.main`."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-from tinylm import save_model_dir, toy_examples  # noqa: E402
-
 from sparta.cli import main  # noqa: E402
+from tinylm import save_model_dir, toy_examples  # noqa: E402
 
 
 def negation_examples(n: int, seed: int) -> list[dict]:

@@ -5,11 +5,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-from tinylm import save_model_dir, toy_examples  # noqa: E402
 from tinyrecipe import write_recipe  # noqa: E402
 
 from sparta.cli import main  # noqa: E402
+from tinylm import save_model_dir, toy_examples  # noqa: E402
 
 
 def make_toy(root: Path) -> dict[str, Path]:

@@ -2,15 +2,12 @@
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-from tinylm import save_model_dir, toy_examples  # noqa: E402
-
 from sparta.cli import main  # noqa: E402
+from tinylm import save_model_dir, toy_examples  # noqa: E402
 
 
 @pytest.fixture(scope="module")

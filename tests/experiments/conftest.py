@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
 from tinylm import save_model_dir, toy_examples  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

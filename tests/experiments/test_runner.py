@@ -23,7 +23,7 @@ def test_grid_runs_then_skips_every_finished_cell(recipe_file, tmp_path):
         assert results["method"] == key.split("/")[1]
     mtimes = {k: (out / k / "results.json").stat().st_mtime_ns for k in KEYS}
 
-    def no_training(cfg, log=print):
+    def no_training(cfg):
         raise AssertionError(f"{cfg.output} was trained again")
 
     again = run_experiment(recipe, "cpu", out, isolation="process", train_fn=no_training, log=lambda m: None)
@@ -44,12 +44,12 @@ def test_interrupted_grid_resumes_with_the_cells_left(recipe_file, tmp_path):
     out = tmp_path / "out"
     calls: list[str] = []
 
-    def interrupted(cfg, log=print):
+    def interrupted(cfg):
         calls.append(cfg.output)
         if len(calls) == 3:
             (out / "toy/head/seed0" / "log.csv").write_text("partial")  # a half-written cell
             raise KeyboardInterrupt
-        return train(cfg, log=log)
+        return train(cfg)
 
     with pytest.raises(KeyboardInterrupt):
         run_experiment(recipe, "cpu", out, isolation="process", train_fn=interrupted, log=lambda m: None)
@@ -57,9 +57,9 @@ def test_interrupted_grid_resumes_with_the_cells_left(recipe_file, tmp_path):
 
     resumed: list[str] = []
 
-    def counting(cfg, log=print):
+    def counting(cfg):
         resumed.append(cfg.output)
-        return train(cfg, log=log)
+        return train(cfg)
 
     summary = run_experiment(recipe, "cpu", out, isolation="process", train_fn=counting, log=lambda m: None)
     assert summary.ran == KEYS[2:] and sorted(summary.skipped) == sorted(KEYS[:2])
@@ -118,9 +118,9 @@ def test_a_cell_finished_meanwhile_by_another_run_is_kept_not_retrained(recipe_f
     trained: list[str] = []
     finished: dict[str, int] = {}
 
-    def first_finishes_the_last_cell_too(cfg, log=print):
+    def first_finishes_the_last_cell_too(cfg):
         trained.append(cfg.output)
-        result = train(cfg, log=log)
+        result = train(cfg)
         if len(trained) == 1:  # meanwhile, a second process on the same output finishes toy/head/seed1
             run_experiment(
                 recipe, "cpu", out, only=["head"], seeds=[1], isolation="process", log=lambda m: None

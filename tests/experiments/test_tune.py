@@ -46,7 +46,7 @@ def test_tune_recommends_a_density_it_tried_and_resumes(toy, tmp_path):
     assert (out / "tune.png").stat().st_size > 5000
     assert json.loads((out / "tune.json").read_text())["recommended_density"] == result["recommended_density"]
 
-    def no_training(cfg, log=print):
+    def no_training(cfg):
         raise AssertionError("a finished run was trained again")
 
     again = tune_density(base(toy), out, grid=grid, budget_runs=5, small_samples=24, large_samples=48,

@@ -48,4 +48,4 @@ def from_launch(cls, device: str | None) -> dist_mod.Runtime:  # noqa: ANN001
 if __name__ == "__main__":
     torch.set_num_threads(1)
     dist_mod.Runtime.from_launch = classmethod(from_launch)
-    train(TrainConfig(**json.loads(sys.argv[1])), log=lambda *_: None)
+    train(TrainConfig(**json.loads(sys.argv[1])))

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from tinylm import assert_same_run
 
 from sparta.train import loop as L
 from sparta.train import train
+from tinylm import assert_same_run
 
 REPO = Path(__file__).resolve().parents[2]
 SPARTA = Path(sys.executable).parent / "sparta"
@@ -41,7 +41,7 @@ def _launch_two(cfg, tmp_path: Path) -> dict:
 
 
 def _two_vs_one(toy_config, tmp_path, **extra) -> tuple[dict, dict]:
-    one = train(toy_config(batch_size=16, output=str(tmp_path / "one"), **extra), log=lambda *_: None)
+    one = train(toy_config(batch_size=16, output=str(tmp_path / "one"), **extra))
     two = _launch_two(toy_config(batch_size=8, output=str(tmp_path / "two"), **extra), tmp_path)
     return one, two
 
@@ -137,6 +137,6 @@ def test_soak_2000_steps_without_memory_growth(toy_config, tmp_path, monkeypatch
         test_file=None,
         zero_shot=False,
     )
-    results = train(cfg, log=lambda *_: None)
+    results = train(cfg)
     assert results["steps"] == 2000 and len(results["history"]) == 20
     assert rss[2000] <= 1.05 * rss[200], {k: v / 2**20 for k, v in rss.items()}

@@ -10,13 +10,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tinylm import assert_same_run
 
 from sparta.adapter.io import read_heads, read_sparse_deltas
 from sparta.errors import SpartaError
 from sparta.train import loop as L
 from sparta.train import train
 from sparta.train.distributed import Runtime, merge_mode_for
+from tinylm import assert_same_run
 
 WORKER = Path(__file__).with_name("fsdp_train_worker.py")
 
@@ -51,7 +51,7 @@ def test_checkpoints_with_sharded_parameters_are_a_clear_error(toy_config, monke
         L.Runtime, "from_launch", classmethod(lambda cls, device: _runtime("DistributedType.FSDP"))
     )
     with pytest.raises(SpartaError, match="not supported when FSDP or ZeRO-3 shard"):
-        train(toy_config(save_every=2), log=lambda *_: None)
+        train(toy_config(save_every=2))
 
 
 def _launch_fsdp(cfg, tmp_path: Path) -> dict:
@@ -69,7 +69,7 @@ def test_sparta_train_under_fsdp2_matches_one_process(toy_config, tmp_path):
     loss history, dev and test losses; the saved adapter (gathered from the shards) holds the same deltas."""
     # 3 eval batches of 12: rank 1 scores one and runs a stand-in (sharded forwards are collectives)
     common = dict(max_steps=6, eval_every=3, zero_shot=False, eval_batch_size=12)
-    one = train(toy_config(batch_size=16, output=str(tmp_path / "one"), **common), log=lambda *_: None)
+    one = train(toy_config(batch_size=16, output=str(tmp_path / "one"), **common))
     two = _launch_fsdp(toy_config(batch_size=8, output=str(tmp_path / "two"), **common), tmp_path)
     assert two["processes"] == 2 and [h["step"] for h in two["history"]] == list(range(1, 7))
     assert_same_run(one, two)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from sparta.errors import SpartaError
+from sparta.objectives import Classification
 from sparta.train import checkpoint as C
-from sparta.train import loop as L
 from sparta.train import train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,10 +34,14 @@ class Crash(Exception):
 def test_resume_after_kill_is_bitwise_identical(toy_config, tmp_path):
     """Run A: 8 steps. Run B: same seed, --save-every 3, killed by os._exit(137) after step 5, then resumed."""
     cfg_a = toy_config(max_steps=8, eval_every=2, output=str(tmp_path / "A"))
-    a = train(cfg_a, log=lambda *_: None)
+    a = train(cfg_a)
     cfg_b = toy_config(max_steps=8, eval_every=2, save_every=3, output=str(tmp_path / "B"))
-    code = "import json, sys; from sparta.train import TrainConfig, train; train(TrainConfig(**json.loads(sys.argv[1])))"
-    env = {**os.environ, "SPARTA_TEST_CRASH_AT_STEP": "5", "OMP_NUM_THREADS": "1"}
+    # the process dies right after step 5 (as kill -9 would), through train's own per-step hook
+    code = (
+        "import json, os, sys; from sparta.train import TrainConfig, train; "
+        "train(TrainConfig(**json.loads(sys.argv[1])), on_step=lambda s: os._exit(137) if s == 5 else None)"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-c", code, json.dumps(cfg_b.to_dict())], env=env, capture_output=True, cwd=REPO
     )
@@ -49,7 +53,7 @@ def test_resume_after_kill_is_bitwise_identical(toy_config, tmp_path):
     assert rows[-1].startswith("5,")  # steps 4 and 5 were logged after the checkpoint, then lost
 
     cfg_b.resume = True
-    b = train(cfg_b, log=lambda *_: None)
+    b = train(cfg_b)
     assert b["resumed_from_step"] == 3
     _same_run(a, b, Path(cfg_a.output), out_b)
     steps = [int(r.split(",")[0]) for r in (out_b / "log.csv").read_text().splitlines()[1:]]
@@ -60,26 +64,24 @@ def test_resume_after_kill_is_bitwise_identical(toy_config, tmp_path):
 def test_resume_other_methods(toy_config, tmp_path, monkeypatch, method):
     """In-process crash (an exception after step 4) and resume, for a PEFT and a full fine-tuning run."""
     extra = dict(method=method, lr=1e-3, max_steps=6, eval_every=3, zero_shot=False)
-    a = train(toy_config(**extra, output=str(tmp_path / "A")), log=lambda *_: None)
+    a = train(toy_config(**extra, output=str(tmp_path / "A")))
 
     def crash(step: int) -> None:
         if step == 4:
             raise Crash
 
-    monkeypatch.setattr(L, "_crash_for_tests", crash)
     cfg = toy_config(**extra, save_every=2, output=str(tmp_path / "B"))
     with pytest.raises(Crash):
-        train(cfg, log=lambda *_: None)
-    monkeypatch.undo()
+        train(cfg, on_step=crash)
     cfg.resume = str(tmp_path / "B")
-    b = train(cfg, log=lambda *_: None)
+    b = train(cfg)
     assert b["resumed_from_step"] == 4
     _same_run(a, b, tmp_path / "A", tmp_path / "B", adapter="model" if method == "full" else "adapter")
 
 
 def test_checkpoints_rotate_and_hold_no_pickle(toy_config, tmp_path):
     cfg = toy_config(max_steps=9, save_every=2, keep_checkpoints=2, eval_every=4)
-    train(cfg, log=lambda *_: None)
+    train(cfg)
     out = Path(cfg.output)
     kept = C.list_checkpoints(out)
     assert [p.name for p in kept] == ["checkpoint-6", "checkpoint-8"]
@@ -123,14 +125,14 @@ def test_interrupted_save_keeps_the_previous_checkpoint(toy_config, tmp_path, mo
     monkeypatch.setattr(C, "save_file", failing_save)
     cfg = toy_config(max_steps=8, save_every=2, eval_every=2)
     with pytest.raises(OSError):
-        train(cfg, log=lambda *_: None)
+        train(cfg)
     out = Path(cfg.output)
     assert [p.name for p in C.list_checkpoints(out)] == ["checkpoint-2"]
     assert C.load_checkpoint(out / "checkpoint-2").step == 2
     (out / ".checkpoint-6.tmp").mkdir()  # debris of a kill -9 mid-save is ignored
     monkeypatch.undo()
     cfg.resume = True
-    assert train(cfg, log=lambda *_: None)["resumed_from_step"] == 2
+    assert train(cfg)["resumed_from_step"] == 2
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(
@@ -138,7 +140,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(
 ):
     from sparta.cli import main
 
-    real = L.batch_loss
+    real = Classification.batch_loss
     calls = {"n": 0}
 
     def nan_at_step_4(*args, **kwargs):
@@ -146,7 +148,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(
         loss = real(*args, **kwargs)
         return loss * float("nan") if calls["n"] == 4 else loss
 
-    monkeypatch.setattr(L, "batch_loss", nan_at_step_4)
+    monkeypatch.setattr(Classification, "batch_loss", staticmethod(nan_at_step_4))
     cfg = toy_config()
     argv = ["train", "--task", "custom", "--train-file", cfg.train_file, "--dev-file", cfg.dev_file,
             "--model", cfg.model, "--output", cfg.output, "--batch-size", "8", "--max-steps", "8",
@@ -170,7 +172,7 @@ def test_resume_refusals(toy_config, tmp_path):
     crashed.mkdir()
     with pytest.raises(SpartaError, match="train with --save-every"):
         train(toy_config(resume=str(crashed)))
-    train(cfg, log=lambda *_: None)
+    train(cfg)
     with pytest.raises(SpartaError, match="finished run"):
         train(toy_config(max_steps=4, save_every=2, resume=True))
     (crashed / "results.json").unlink()

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 
+from sparta.console import configure_logging
 from sparta.errors import SpartaError
 
 # Sub-command modules, in the order `sparta --help` lists them.
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging()
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

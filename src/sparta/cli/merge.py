@@ -1,12 +1,16 @@
-"""`sparta merge`: add SpaRTA adapters of one base model into a multi-head model (paper section 8).
-
-Also the handlers `sparta predict` and `sparta eval` use for a merged directory (`run_predict`, `run_eval`).
-"""
+"""`sparta merge`: add SpaRTA adapters of one base model into a multi-head model (paper section 8); `sparta eval`
+and `sparta predict` open its output like any other directory."""
 
 from __future__ import annotations
 
 import argparse
-import json
+from pathlib import Path
+
+from sparta.errors import SpartaError
+from sparta.fileio import write_json
+from sparta.merging import compare_with_single, merge_adapters, refit_heads
+from sparta.runs import read_merged
+from sparta.runs.layout import MERGED_FILE
 
 EPILOG = """examples:
   sparta merge runs/sst2 runs/cola --output merged/sst2-cola
@@ -73,11 +77,6 @@ def _fmt(metrics: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from sparta.errors import SpartaError
-    from sparta.merging import MERGED_FILE, compare_with_single, merge_adapters, read_merged, refit_heads
-
     if args.refit_samples is not None and args.refit_samples < 1:
         raise SpartaError(f"--refit-samples must be a positive number, got {args.refit_samples}")
     if args.refit_epochs < 1 or args.refit_lr <= 0:
@@ -125,52 +124,5 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {task} {args.split}: merged {_fmt(m['merged'])}")
             print(f"  {task} {args.split}: single {_fmt(m['single'])}")
         doc["eval"] = {"split": args.split, "max_eval_samples": args.max_eval_samples, "tasks": comparison}
-        (Path(args.output) / MERGED_FILE).write_text(json.dumps(doc, indent=2) + "\n")
-    return 0
-
-
-def run_predict(args: argparse.Namespace) -> int:
-    """`sparta predict MERGED_DIR TEXT...`: every task's label and probabilities (or only --task's)."""
-    from sparta.merging import load_merged, predict_merged
-
-    merged = load_merged(args.dir, getattr(args, "device", None))
-    tasks = [args.task] if getattr(args, "task", None) else None
-    for pred in predict_merged(merged, args.texts, tasks):
-        if getattr(args, "json", False):
-            print(json.dumps(pred))
-            continue
-        for task, p in pred.items():
-            probs = " ".join(f"{name}={v:.4f}" for name, v in p["probabilities"].items())
-            print(f"{task}\t{p['label']}\t{probs}")
-    return 0
-
-
-def run_eval(args: argparse.Namespace) -> int:
-    """`sparta eval MERGED_DIR --task T`: one head's metrics on a split."""
-    from pathlib import Path
-
-    from sparta.errors import SpartaError
-    from sparta.merging import evaluate_merged, load_merged
-    from sparta.train.results import RESULTS_FILE, write_json
-
-    merged = load_merged(args.dir, getattr(args, "device", None))
-    if not args.task:
-        raise SpartaError(f"{args.dir} is a merged model; pass --task, one of {', '.join(merged.specs)}")
-    split = getattr(args, "split", "test")
-    metrics = evaluate_merged(
-        merged, args.task, split, args.data_dir, args.max_eval_samples, getattr(args, "batch_size", 32)
-    )
-    print(f"{args.task} {split} (merged): " + _fmt(metrics))
-    out = Path(args.output) if getattr(args, "output", None) else None
-    if out is not None:
-        if (out / RESULTS_FILE).exists() and not getattr(args, "overwrite", False):
-            raise SpartaError(f"{out / RESULTS_FILE} exists; pass --overwrite or pick another --output")
-        out.mkdir(parents=True, exist_ok=True)
-        results = {
-            "task": args.task,
-            "method": "merged",
-            "model": {"name": args.dir},
-            "metrics": {split: metrics},
-        }
-        write_json(out / RESULTS_FILE, results)
+        write_json(Path(args.output) / MERGED_FILE, doc)
     return 0

@@ -1,8 +1,11 @@
-"""`sparta predict`: classify texts with a trained run (or a classification model dir)."""
+"""`sparta predict`: classify texts with a trained run, a merged model (every task), an exported or a base model."""
 
 from __future__ import annotations
 
 import argparse
+import json
+
+from sparta.runs import examples_from_texts, open_model, predict, predict_tasks
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -10,11 +13,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "predict",
         help="print the predicted label and probabilities for texts",
         description="Classify TEXT with the model in DIR. Tasks with several text fields take that many TEXTs "
-        "per example, in field order (e.g. MRPC: two sentences); a TEXT that is a JSON object is one example.",
+        "per example, in field order (e.g. MRPC: two sentences); a TEXT that is a JSON object is one example. "
+        "A merged model answers for each of its tasks (or only --task).",
     )
-    parser.add_argument(
-        "dir", metavar="DIR", help="training output dir, or an HF sequence-classification model dir"
-    )
+    parser.add_argument("dir", metavar="DIR", help="training output dir, merged dir, model dir or model name")
     parser.add_argument("texts", metavar="TEXT", nargs="+", help="input text(s)")
     parser.add_argument(
         "--task", help="task name (default: the run's own task; required for a plain model dir)"
@@ -24,23 +26,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def _probs(pred: dict) -> str:
+    return " ".join(f"{name}={p:.4f}" for name, p in pred["probabilities"].items())
+
+
 def run(args: argparse.Namespace) -> int:
-    import json
-
-    from sparta.merging import is_merged_dir
-    from sparta.train import load_run, predict
-    from sparta.train.inference import examples_from_texts
-
-    if is_merged_dir(args.dir):  # a `sparta merge` output: every task's prediction
-        from sparta.cli.merge import run_predict
-
-        return run_predict(args)
-    loaded = load_run(args.dir, task=args.task, device=args.device)
-    examples = examples_from_texts(loaded.task, args.texts)
-    for pred in predict(loaded, examples):
-        if args.json:
-            print(json.dumps(pred))
-        else:
-            probs = " ".join(f"{name}={p:.4f}" for name, p in pred["probabilities"].items())
-            print(f"{pred['label']}\t{probs}")
+    loaded = open_model(args.dir, task=args.task, device=args.device)
+    if loaded.kind == "merged":  # every task's prediction, one backbone pass per prompt format
+        for pred in predict_tasks(loaded, args.texts, [args.task] if args.task else None):
+            if args.json:
+                print(json.dumps(pred))
+                continue
+            for task, p in pred.items():
+                print(f"{task}\t{p['label']}\t{_probs(p)}")
+        return 0
+    for pred in predict(loaded, examples_from_texts(loaded.task, args.texts)):
+        print(json.dumps(pred) if args.json else f"{pred['label']}\t{_probs(pred)}")
     return 0

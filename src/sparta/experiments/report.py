@@ -18,7 +18,7 @@ from typing import Any
 
 from sparta.experiments.recipes import Recipe
 from sparta.experiments.runner import MERGED_DIR
-from sparta.train.results import RESULTS_FILE
+from sparta.runs.layout import RESULTS_FILE
 
 CELL_COLUMNS = ["task", "row", "label", "seed", "method", "density", "targets", "trainable_params",
                 "trainable_percent", "test_loss", "test_metric", "dev_loss", "dev_metric", "zero_shot_test_metric",

@@ -8,12 +8,14 @@ or an out-of-memory kill loses one cell, not the grid. `isolation="process"` run
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -28,8 +30,8 @@ from sparta.experiments.recipes import (
     measured_speed_factor,
     resolve_budgets,
 )
+from sparta.runs.layout import RESULTS_FILE
 from sparta.train.config import TrainConfig
-from sparta.train.results import RESULTS_FILE
 
 CELL_LOG = "train.log"
 MERGED_DIR = "merged"
@@ -72,6 +74,23 @@ def command_line(argv: list[str]) -> str:
     return "sparta train " + " ".join(shlex.quote(a) for a in argv)
 
 
+@contextlib.contextmanager
+def cell_log(file: Path) -> Iterator[None]:
+    """Inside the block, the `sparta` logger's records also go to `file` (an in-process cell's train.log)."""
+    handler = logging.FileHandler(file)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("sparta")
+    root.addHandler(handler)
+    level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        handler.close()
+
+
 def is_done(path: Path) -> bool:
     return (path / RESULTS_FILE).is_file()
 
@@ -97,8 +116,8 @@ def run_cell(
     if isolation == "process":
         if train_fn is None:
             from sparta.train import train as train_fn
-        with open(path / CELL_LOG, "w") as log:
-            train_fn(cfg, log=lambda msg: print(msg, file=log, flush=True))
+        with cell_log(path / CELL_LOG):
+            train_fn(cfg)
         return
     cmd = [sys.executable, "-c", _ENTRY, "train", *train_argv(cfg)]
     with open(path / CELL_LOG, "w") as log:

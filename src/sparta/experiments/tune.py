@@ -24,7 +24,8 @@ from typing import Any
 from sparta.errors import SpartaError
 from sparta.experiments.recipes import Cell
 from sparta.experiments.runner import is_done, run_cell
-from sparta.train.results import RESULTS_FILE, write_json
+from sparta.fileio import write_json
+from sparta.runs.layout import RESULTS_FILE
 
 DEFAULT_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
 TUNE_FILE = "tune.json"

@@ -3,10 +3,11 @@
 from sparta.tasks.data import filter_by_length, load_splits, resolve_data_dir
 from sparta.tasks.metrics import compute_metrics
 from sparta.tasks.prompts import format_input
-from sparta.tasks.specs import TaskSpec, custom_task, get_task, label_words, list_tasks
+from sparta.tasks.specs import TaskSpec, build_task, custom_task, get_task, label_words, list_tasks
 
 __all__ = [
     "TaskSpec",
+    "build_task",
     "compute_metrics",
     "custom_task",
     "filter_by_length",

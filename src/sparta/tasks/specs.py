@@ -140,6 +140,12 @@ def get_task(
     return _validate(dataclasses.replace(_TASKS[norm], **extra)) if extra else _TASKS[norm]
 
 
+def build_task(args: dict) -> TaskSpec:
+    """The task described by a stored argument dict (run.json's "task": {"name": ..., overrides...})."""
+    args = dict(args)
+    return get_task(args.pop("name"), **args)
+
+
 def label_words(task: str | TaskSpec) -> tuple[str, ...]:
     """Words an instruct model answers with, in label order (e.g. ("No", "Yes") for SST-2)."""
     return get_task(task).label_words

@@ -1,17 +1,7 @@
-"""Classification fine-tuning: SpaRTA, LoRA, DoRA, head-only and full fine-tuning in one training loop."""
+"""Training: SpaRTA, LoRA, DoRA, head-only and full fine-tuning in one loop (`train`), configured by one
+dataclass (`TrainConfig`) whose fields are also the CLI flags and YAML keys."""
 
 from sparta.train.config import METHODS, TrainConfig, load_yaml
-from sparta.train.inference import LoadedRun, evaluate_run, load_run, predict
-from sparta.train.loop import evaluate, train
+from sparta.train.loop import train
 
-__all__ = [
-    "METHODS",
-    "LoadedRun",
-    "TrainConfig",
-    "evaluate",
-    "evaluate_run",
-    "load_run",
-    "load_yaml",
-    "predict",
-    "train",
-]
+__all__ = ["METHODS", "TrainConfig", "load_yaml", "train"]

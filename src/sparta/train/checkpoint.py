@@ -18,12 +18,10 @@ leaves the previous checkpoints intact; only the newest `keep` are kept. Nothing
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import re
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,39 +31,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sparta.errors import SpartaError
+from sparta.fileio import atomic_dir, write_json
+from sparta.runs.layout import CHECKPOINT_PREFIX as PREFIX
 
-PREFIX = "checkpoint-"
 _NAME = re.compile(rf"^{PREFIX}(\d+)$")
-
-
-# -- atomic directories ---------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder to fill; on success it replaces `final` by renames (never half-written)."""
-    final = Path(final)
-    tmp = final.with_name(f".{final.name}.tmp")
-    old = final.with_name(f".{final.name}.old")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if final.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        final.rename(old)
-    tmp.rename(final)
-    if old.exists():
-        shutil.rmtree(old)
-
-
-def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
 
 
 def _read_json(path: Path) -> Any:

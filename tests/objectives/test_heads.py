@@ -3,12 +3,18 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from tinylm import make_tokenizer, toy_examples
 
 from sparta.errors import SpartaError
 from sparta.models import load_model, load_tokenizer, resolve_model
-from sparta.train.data import collate
-from sparta.train.heads import get_head, init_base_head, init_instruct_head, label_token_id, label_token_ids
+from sparta.objectives.batching import collate
+from sparta.objectives.heads import (
+    get_head,
+    init_base_head,
+    init_instruct_head,
+    label_token_id,
+    label_token_ids,
+)
+from tinylm import make_tokenizer, toy_examples
 
 
 def seq_cls(model_dir, num_labels=2):

@@ -1,4 +1,5 @@
-"""Merging SpaRTA adapters into a multi-head model, and exporting one adapter: sparta.merging on tiny models."""
+"""Merging SpaRTA adapters into a multi-head model (sparta.merging), using it through the run layer, and exporting
+one adapter, on tiny models."""
 
 import json
 import random
@@ -13,23 +14,19 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "train"))
-from tinylm import FILLER, save_model_dir, toy_examples  # noqa: E402
-
 from sparta import SpartaConfig, SpartaError, SpartaModel, get_sparta_model  # noqa: E402
 from sparta.adapter import iter_dense_deltas  # noqa: E402
-from sparta.merging import (  # noqa: E402
+from sparta.merging import fit_head, merge_adapters, refit_heads  # noqa: E402
+from sparta.runs import (  # noqa: E402
     MultiHeadModel,
-    evaluate_merged,
-    export_adapter,
-    fit_head,
-    load_merged,
-    merge_adapters,
+    evaluate,
+    export_run,
+    open_model,
     pool_last,
-    predict_merged,
-    prompt_groups,
-    refit_heads,
+    predict_tasks,
+    prompt_groups,  # noqa: E402
 )
+from tinylm import FILLER, save_model_dir, toy_examples  # noqa: E402
 
 
 def topic_examples(n: int, seed: int) -> list[dict]:
@@ -61,7 +58,7 @@ def train_run(output: Path, model: Path, files: dict, seed: int, **kw) -> Path:
     values = dict(task="custom", model=str(model), output=str(output), seed=seed, density=0.2, batch_size=8,
                   max_steps=6, lr=2e-2, progress=False, zero_shot=False, device="cpu", **files)  # fmt: skip
     cfg = TrainConfig(**(values | kw))
-    train(cfg, log=lambda *_: None)
+    train(cfg)
     return output
 
 
@@ -167,23 +164,23 @@ def test_overlap_and_sign_conflicts_match_direct_computation(runs, tmp_path):
 
 @pytest.mark.parametrize("keep", [0, 1])
 def test_each_head_matches_its_single_adapter_when_the_other_delta_is_zero(runs, tmp_path, keep):
-    from sparta.train import evaluate_run, load_run, predict
+    from sparta.runs import predict
 
     tasks = ["sentiment", "topic"]
     weights = [1.0 if i == keep else 0.0 for i in range(2)]
     merge_adapters([runs[t] for t in tasks], tmp_path / "m", weights=weights)
-    merged = load_merged(tmp_path / "m", device="cpu")
-    run = load_run(runs[tasks[keep]], device="cpu")
+    merged = open_model(tmp_path / "m", device="cpu")
+    run = open_model(runs[tasks[keep]], device="cpu")
     texts = ["the movie was good", "a very bad plot with music", "music", "the ending is really good music"]
     single = predict(run, [{"text": t, "label": 0} for t in texts])
-    both = predict_merged(merged, texts)
+    both = predict_tasks(merged, texts)
     for s, m in zip(single, both, strict=True):
         assert set(m) == set(tasks)
         assert m[tasks[keep]]["label"] == s["label"]
         for label, p in s["probabilities"].items():
             assert m[tasks[keep]]["probabilities"][label] == pytest.approx(p, abs=1e-5)
-    ours = evaluate_merged(merged, tasks[keep], "test")
-    theirs = evaluate_run(run, "test")
+    ours = evaluate(merged, tasks[keep], "test")
+    theirs = evaluate(run, None, "test")
     assert ours.keys() == theirs.keys()
     for k in ours:
         assert ours[k] == pytest.approx(theirs[k], abs=1e-5)
@@ -191,7 +188,7 @@ def test_each_head_matches_its_single_adapter_when_the_other_delta_is_zero(runs,
 
 def test_base_model_tasks_share_one_forward_pass(runs, tmp_path):
     merge_adapters([runs["sentiment"], runs["topic"]], tmp_path / "m")
-    merged = load_merged(tmp_path / "m", device="cpu")
+    merged = open_model(tmp_path / "m", device="cpu")
     examples = {t: [{"text": "a good film", "label": 0}] for t in ("sentiment", "topic")}
     groups = prompt_groups(merged, examples)
     assert [g for g, _ in groups] == [["sentiment", "topic"]]
@@ -208,12 +205,12 @@ def test_instruct_tasks_with_different_prompts_run_one_forward_each(runs, tmp_pa
     a = train_run(root / "a", model, runs["topic_files"], seed=0, max_steps=2)
     b = train_run(root / "b", model, runs["topic_files"], seed=1, max_steps=2, instruction="Classify: music?")
     merge_adapters([a, b], root / "m")
-    merged = load_merged(root / "m", device="cpu")
+    merged = open_model(root / "m", device="cpu")
     examples = {t: [{"text": "a good film", "label": 0}] for t in ("a", "b")}
     assert sorted(g for g, _ in prompt_groups(merged, examples)) == [["a"], ["b"]]
     calls = []
     merged.model.backbone.register_forward_hook(lambda *a: calls.append(1))
-    (pred,) = predict_merged(merged, ["a good film"])
+    (pred,) = predict_tasks(merged, ["a good film"])
     assert set(pred) == {"a", "b"} and len(calls) == 2
 
 
@@ -226,7 +223,7 @@ def test_pooling_picks_the_last_real_token_with_left_or_right_padding():
 
 
 def test_multihead_model_gives_the_same_logits_for_left_and_right_padding(runs, tmp_path):
-    from sparta.train.data import collate
+    from sparta.objectives.batching import collate
 
     merge_adapters([runs["sentiment"], runs["topic"]], tmp_path / "m")
     model = MultiHeadModel.from_dir(tmp_path / "m")
@@ -280,9 +277,9 @@ def test_bad_inputs_give_clear_errors(runs, tmp_path):
     (tmp_path / "user" / "notes.txt").write_text("mine")
     with pytest.raises(SpartaError, match="did not write"):
         merge_adapters(pair, tmp_path / "user", overwrite=True)
-    merged = load_merged(tmp_path / "m", device="cpu")
+    merged = open_model(tmp_path / "m", device="cpu")
     with pytest.raises(SpartaError, match="no task 'nope'"):
-        evaluate_merged(merged, "nope")
+        evaluate(merged, "nope")
     dup = merge_adapters([runs["topic"], runs["topic"]], tmp_path / "dup")
     assert [t["name"] for t in dup["tasks"]] == ["topic", "topic-2"]
 
@@ -303,9 +300,8 @@ print(json.dumps({"logits": logits.tolist(), "labels": model.config.id2label,
 
 
 def test_export_loads_with_plain_transformers_and_matches_the_adapter(runs, tmp_path):
-    from sparta.train import load_run
 
-    out = export_adapter(runs["sentiment"], tmp_path / "export")
+    out = export_run(runs["sentiment"], tmp_path / "export")
     config = (out / "config.json").read_text()
     assert "sparta" not in config.lower() and "auto_map" not in config
     assert json.loads(config)["architectures"] == ["LlamaForSequenceClassification"]
@@ -315,12 +311,12 @@ def test_export_loads_with_plain_transformers_and_matches_the_adapter(runs, tmp_
     assert proc.returncode == 0, proc.stderr[-2000:]
     plain = json.loads(proc.stdout.strip().splitlines()[-1])
     assert plain["sparta"] == [] and plain["labels"] == {"0": "0", "1": "1"}
-    run = load_run(runs["sentiment"], device="cpu")
+    run = open_model(runs["sentiment"], device="cpu")
     with torch.no_grad():
         expected = run.model(input_ids=torch.tensor(ids)).logits
     np.testing.assert_allclose(np.array(plain["logits"]), expected.numpy(), atol=1e-5)
     with pytest.raises(SpartaError, match="--overwrite"):
-        export_adapter(runs["sentiment"], out)
+        export_run(runs["sentiment"], out)
 
 
 def test_fit_head_improves_dev_loss_and_keeps_the_best_epoch():
@@ -356,17 +352,17 @@ def test_refit_heads_lowers_each_merged_heads_dev_loss_and_keeps_the_original(ru
     out = tmp_path / "m"
     merge_adapters([runs["sentiment"], runs["topic"]], out, weights=[2.0, 2.0])  # a merge that moves features
     before = {t: load_file(str(out / "heads" / f"{t}.safetensors")) for t in ("sentiment", "topic")}
-    merged = load_merged(out, device="cpu")
-    dev_before = {t: evaluate_merged(merged, t, "dev") for t in before}
-    report = refit_heads(out, device="cpu", lr=1e-2, log=lambda *_: None)
+    merged = open_model(out, device="cpu")
+    dev_before = {t: evaluate(merged, t, "dev") for t in before}
+    report = refit_heads(out, device="cpu", lr=1e-2)
     doc = json.loads((out / "merged.json").read_text())
-    merged = load_merged(out, device="cpu")
+    merged = open_model(out, device="cpu")
     for t in before:
         stats = report[t]
         assert doc["tasks"][[x["name"] for x in doc["tasks"]].index(t)]["refit"] == stats
         assert stats["train_examples"] == 64  # the adapter's whole training split
         assert stats["dev_loss_before"] == pytest.approx(dev_before[t]["loss"], abs=1e-5)
-        dev_after = evaluate_merged(merged, t, "dev")
+        dev_after = evaluate(merged, t, "dev")
         assert dev_after["loss"] == pytest.approx(stats["dev_loss_after"], abs=1e-5)
         assert dev_after["loss"] <= dev_before[t]["loss"]
         original = load_file(str(out / "heads" / f"{t}.original.safetensors"))
@@ -378,5 +374,5 @@ def test_refit_heads_lowers_each_merged_heads_dev_loss_and_keeps_the_original(ru
     assert any(r["best_epoch"] > 0 and r["dev_loss_after"] < r["dev_loss_before"] for r in report.values())
     # a second re-fit starts again from the trained head, so it lands on the same head
     first = load_file(str(out / "heads" / "topic.safetensors"))["weight"]
-    refit_heads(out, tasks=["topic"], device="cpu", lr=1e-2, log=lambda *_: None)
+    refit_heads(out, tasks=["topic"], device="cpu", lr=1e-2)
     assert torch.equal(load_file(str(out / "heads" / "topic.safetensors"))["weight"], first)

@@ -1,80 +1,17 @@
-"""Tokenisation, length filtering, length-grouped batching and collation.
+"""Batching shared by every objective: collation with left or right padding, length-grouped training batches,
+the resumable training stream, and the one batched forward used for evaluation, prediction and feature caching.
 
-Inputs are formatted by the task (`sparta.tasks.format_input`: a chat-templated instruction for instruct models,
-the raw text for base models) and tokenised once up front. Instruct inputs already hold the template's special
-tokens, so they are tokenised without adding any; base inputs get the tokenizer's usual special tokens (BOS).
+A split is held as token-id lists (`Encoded` of an objective); batches are lists of example indices, so the same
+split can be walked in training order (`BatchStream`) or longest-first (`sorted_batches`) without copying it.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
-
-from sparta.errors import SpartaError
-
-
-@dataclass
-class Encoded:
-    """A tokenised split: token ids per example, the labels, and how many examples were dropped as too long."""
-
-    input_ids: list[list[int]]
-    labels: list[int]
-    dropped: int = 0
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def lengths(self) -> list[int]:
-        return [len(ids) for ids in self.input_ids]
-
-
-def encode_texts(texts: Sequence[str], tokenizer, add_special_tokens: bool) -> list[list[int]]:
-    """Tokenise texts (no padding, no truncation)."""
-    if not texts:
-        return []
-    encoded = tokenizer(list(texts), add_special_tokens=add_special_tokens, padding=False, truncation=False)
-    ids = [list(x) for x in encoded["input_ids"]]
-    pad_id = tokenizer.pad_token_id
-    for i, seq in enumerate(ids):
-        if not seq:
-            raise SpartaError(f"example {i} tokenises to nothing; check its text fields")
-        if seq[-1] == pad_id:
-            # The classification head pools the last non-pad token, so a sequence ending in the pad token
-            # would be pooled at the wrong position.
-            raise SpartaError(
-                f"example {i} ends with the pad token id {pad_id}; give the tokenizer a dedicated pad token"
-            )
-    return ids
-
-
-def encode_split(
-    examples: Sequence[dict],
-    task,
-    tokenizer,
-    instruct: bool,
-    template: str | None = None,
-    max_length: int | None = None,
-    truncate: bool = False,
-) -> Encoded:
-    """Format and tokenise examples; longer than max_length: dropped (training) or left-truncated (truncate=True).
-
-    Left truncation keeps the end of the input, where an instruct prompt's generation marker sits.
-    """
-    from sparta.tasks import format_input
-
-    texts = [format_input(task, ex, tokenizer, instruct=instruct, template=template) for ex in examples]
-    ids = encode_texts(texts, tokenizer, add_special_tokens=not instruct)
-    labels = [int(ex["label"]) for ex in examples]
-    if max_length is None:
-        return Encoded(ids, labels)
-    if truncate:
-        return Encoded([seq[-max_length:] for seq in ids], labels)
-    keep = [i for i, seq in enumerate(ids) if len(seq) <= max_length]
-    return Encoded([ids[i] for i in keep], [labels[i] for i in keep], dropped=len(ids) - len(keep))
 
 
 def collate(
@@ -125,14 +62,50 @@ def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
 
 
 def iter_batches(
-    data: Encoded, batches: list[list[int]], pad_id: int, padding_side: str
+    data: Any, batches: list[list[int]], pad_id: int, padding_side: str
 ) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
-    """Yield (example indices, collated batch) for each batch of indices."""
+    """Yield (example indices, collated model inputs, no labels) for each batch of indices of `data`."""
     for idx in batches:
-        yield (
-            idx,
-            collate([data.input_ids[i] for i in idx], pad_id, padding_side, [data.labels[i] for i in idx]),
-        )
+        yield idx, collate([data.input_ids[i] for i in idx], pad_id, padding_side)
+
+
+@torch.no_grad()
+def forward_batches(
+    forward: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]],
+    data: Any,
+    batch_size: int,
+    pad_id: int,
+    padding_side: str,
+    device: torch.device | str,
+    rt: Any = None,
+) -> dict[str, torch.Tensor]:
+    """Run `forward(inputs) -> {key: (B, ...) tensor}` over `data` in longest-first batches; returns each key's
+    float32 outputs stacked in example order, on the CPU.
+
+    With a multi-process runtime `rt` (`sparta.train.distributed.Runtime`), each rank runs every world-th batch and
+    the outputs are gathered on all ranks. Where parameters are sharded every forward is a collective, so all ranks
+    run as many forwards (stand-in batches, discarded).
+    """
+    every = sorted_batches(data.lengths, batch_size)
+    batches, calls = every, len(every)
+    if rt is not None and rt.distributed:
+        batches = every[rt.rank :: rt.world]
+        calls = -(-len(every) // rt.world) if rt.sharded else len(batches)
+    stand_ins = every[:1] * (calls - len(batches))
+    parts = []
+    for idx, batch in iter_batches(data, batches + stand_ins, pad_id, padding_side):
+        outputs = forward({k: v.to(device) for k, v in batch.items()})
+        parts.append((idx, {k: v.float().cpu() for k, v in outputs.items()}))
+    parts = parts[: len(batches)]
+    if rt is not None and rt.distributed:
+        parts = [part for rank_parts in rt.gather(parts) for part in rank_parts]
+    if not parts:
+        return {}
+    out = {k: torch.empty(len(data.lengths), *v.shape[1:]) for k, v in parts[0][1].items()}
+    for idx, outputs in parts:
+        for k, v in outputs.items():
+            out[k][idx] = v
+    return out
 
 
 class BatchStream:

@@ -2,7 +2,8 @@ import random
 
 import torch
 
-from sparta.train.data import collate, encode_split, length_grouped_batches, sorted_batches
+from sparta.objectives.batching import collate, length_grouped_batches, sorted_batches
+from sparta.objectives.classification import encode_split
 
 
 def test_collate_pads_either_side_with_matching_masks_and_positions():
@@ -42,9 +43,8 @@ def test_sorted_batches_are_longest_first():
 
 
 def test_encode_split_drops_long_training_examples_and_truncates_eval_from_the_left(toy_task_files):
-    from tinylm import make_tokenizer
-
     from sparta.tasks import get_task
+    from tinylm import make_tokenizer
 
     task = get_task("custom", data_files={"train": str(toy_task_files["train"])})
     tok = make_tokenizer(chat=False)
@@ -58,9 +58,8 @@ def test_encode_split_drops_long_training_examples_and_truncates_eval_from_the_l
 
 
 def test_encode_split_instruct_uses_the_chat_template_without_extra_special_tokens(toy_task_files):
-    from tinylm import make_tokenizer
-
     from sparta.tasks import get_task
+    from tinylm import make_tokenizer
 
     task = get_task("custom", data_files={"train": str(toy_task_files["train"])})
     tok = make_tokenizer(chat=True)

@@ -1,18 +1,21 @@
 import json
+import logging
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from tinylm import toy_examples
 
+from sparta import methods as M
 from sparta.adapter import native
 from sparta.models import load_model, load_tokenizer, resolve_model
-from sparta.train import TrainConfig, evaluate_run, load_run, train
-from sparta.train import methods as M
-from sparta.train.data import collate
-from sparta.train.heads import init_base_head
-from sparta.train.loop import EarlyStopping
+from sparta.objectives import Classification
+from sparta.objectives.batching import collate
+from sparta.objectives.heads import init_base_head
+from sparta.runs import evaluate, open_model
+from sparta.train import TrainConfig, train
+from sparta.train.stopping import EarlyStopping
+from tinylm import toy_examples
 
 
 def tiny_setup(model_dir, method, **cfg):
@@ -21,7 +24,7 @@ def tiny_setup(model_dir, method, **cfg):
     model = load_model(resolved, task="classification", num_labels=2)
     model.config.pad_token_id = tok.pad_token_id
     init_base_head(model)
-    wrapped = M.apply_method(model, TrainConfig(method=method, **cfg))
+    wrapped = M.get_method(method).apply(model, TrainConfig(method=method, **cfg), Classification())
     return model, wrapped, tok
 
 
@@ -118,7 +121,7 @@ def test_early_stopping_keeps_and_restores_the_best_trainable_state(base_model_d
 @pytest.mark.parametrize("method", ["sparta", "lora"])
 def test_training_lowers_the_loss_on_a_learnable_toy_task(toy_config, method):
     cfg = toy_config(method=method, density=0.3, max_steps=30, lr=3e-2, eval_every=10, restore_best=False)
-    results = train(cfg, log=lambda *_: None)
+    results = train(cfg)
     history = results["history"]
     first = sum(h["train_loss"] for h in history[:5]) / 5
     last = sum(h["train_loss"] for h in history[-5:]) / 5
@@ -126,12 +129,12 @@ def test_training_lowers_the_loss_on_a_learnable_toy_task(toy_config, method):
     assert results["metrics"]["dev"]["loss"] < results["zero_shot"]["dev"]["loss"] - 0.02
 
 
-def test_results_json_shape_and_reload(toy_config, tmp_path):
+def test_results_json_shape_and_reload(toy_config, tmp_path, caplog):
     cfg = toy_config(method="sparta", density=0.2, max_steps=6, eval_every=3, early_stopping_patience=5)
-    lines: list[str] = []
-    results = train(cfg, log=lines.append)
+    with caplog.at_level(logging.INFO, logger="sparta"):
+        results = train(cfg)
     # SpaRTA on CPU says which delta-gradient kernel it runs on
-    assert f"delta-gradient kernel: {native.status()}" in lines
+    assert f"delta-gradient kernel: {native.status()}" in caplog.messages
     out = tmp_path / "run"
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["config"] == cfg.to_dict()
@@ -152,15 +155,13 @@ def test_results_json_shape_and_reload(toy_config, tmp_path):
     assert (out / "adapter").is_dir() and (out / "run.json").is_file() and (out / "tokenizer").is_dir()
     assert on_disk["data"]["train"] == 96 and on_disk["data"]["train_dropped_too_long"] == 0
     # the saved adapter reproduces the reported test metrics
-    metrics = evaluate_run(load_run(out, device="cpu"), "test")
+    metrics = evaluate(open_model(out, device="cpu"), None, "test")
     assert metrics["loss"] == pytest.approx(results["metrics"]["test"]["loss"], rel=1e-4)
     assert math.isfinite(metrics["loss"])
 
 
 def test_long_training_examples_are_dropped_and_counted(toy_config):
-    results = train(
-        toy_config(method="head", max_steps=2, max_length=6, zero_shot=False), log=lambda *_: None
-    )
+    results = train(toy_config(method="head", max_steps=2, max_length=6, zero_shot=False))
     assert 0 < results["data"]["train_dropped_too_long"] < 96
     assert results["data"]["train"] == 96 - results["data"]["train_dropped_too_long"]
     assert results["zero_shot"] is None
@@ -169,10 +170,8 @@ def test_long_training_examples_are_dropped_and_counted(toy_config):
 def test_a_finished_run_is_not_overwritten_without_overwrite(toy_config):
     from sparta.errors import SpartaError
 
-    train(toy_config(method="head", max_steps=1, zero_shot=False), log=lambda *_: None)
+    train(toy_config(method="head", max_steps=1, zero_shot=False))
     with pytest.raises(SpartaError, match="--overwrite"):
-        train(toy_config(method="head", max_steps=1, zero_shot=False), log=lambda *_: None)
-    again = train(
-        toy_config(method="head", max_steps=2, zero_shot=False, overwrite=True), log=lambda *_: None
-    )
+        train(toy_config(method="head", max_steps=1, zero_shot=False))
+    again = train(toy_config(method="head", max_steps=2, zero_shot=False, overwrite=True))
     assert again["steps"] == 2

@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sparta.merging import load_merged, predict_merged
-from sparta.train import load_run, predict
-from sparta.train.inference import examples_from_texts
+from sparta.runs import examples_from_texts, open_model, predict, predict_tasks
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "v1"
 
@@ -39,16 +37,16 @@ EXPECTED = json.loads((FIXTURE / "expected.json").read_text())
 
 @pytest.mark.parametrize("name", sorted(EXPECTED["runs"]))
 def test_v1_run_dirs_load_and_give_the_same_probabilities(fixture_dir, name):
-    run = load_run(fixture_dir / name, device="cpu")
+    run = open_model(fixture_dir / name, device="cpu")
     preds = predict(run, examples_from_texts(run.task, EXPECTED["texts"]))
     got = [[p["probabilities"][k] for k in run.task.label_names] for p in preds]
     assert _close(got, EXPECTED["runs"][name])
 
 
 def test_v1_merged_model_loads_and_gives_the_same_probabilities(fixture_dir):
-    merged = load_merged(fixture_dir / "merged", "cpu")
+    merged = open_model(fixture_dir / "merged", device="cpu")
     got: dict[str, list] = {}
-    for p in predict_merged(merged, EXPECTED["texts"]):
+    for p in predict_tasks(merged, EXPECTED["texts"]):
         for task, v in p.items():
             got.setdefault(task, []).append(list(v["probabilities"].values()))
     assert set(got) == set(EXPECTED["merged"])

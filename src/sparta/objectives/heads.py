@@ -23,11 +23,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
+from sparta.adapter.config import HEAD_MODULES
 from sparta.errors import SpartaError
 
-HEAD_NAMES = ("score", "classifier")
+HEAD_NAMES = HEAD_MODULES  # the attribute names of a transformers sequence-classification head
 
 
 def get_head(model: nn.Module) -> nn.Linear:
@@ -86,7 +88,6 @@ def label_token_ids(tokenizer, words: Sequence[str], prompt: str | None = None) 
 
 def _checkpoint_rows(model_path: str | Path, key: str, token_ids: Sequence[int]) -> torch.Tensor | None:
     """Rows of tensor `key` read lazily from a safetensors checkpoint directory, or None if it is not there."""
-    from safetensors import safe_open
 
     path = Path(model_path)
     index = path / "model.safetensors.index.json"

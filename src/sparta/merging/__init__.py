@@ -1,0 +1,20 @@
+"""Merging SpaRTA adapters of one base model into a multi-head model (`merge_adapters`), how they interact
+(`interactions`), and re-fitting the heads on the merged backbone (`refit_heads`). The merged directory opens
+with `sparta.runs.open_model`, like every other directory sparta writes."""
+
+from sparta.merging.interactions import interaction_stats, interaction_warnings
+from sparta.merging.merge import compare_with_single, merge_adapters
+from sparta.merging.refit import fit_head, refit_heads
+from sparta.merging.sources import AdapterSource, check_same_base, open_adapter
+
+__all__ = [
+    "AdapterSource",
+    "check_same_base",
+    "compare_with_single",
+    "fit_head",
+    "interaction_stats",
+    "interaction_warnings",
+    "merge_adapters",
+    "open_adapter",
+    "refit_heads",
+]

@@ -1,0 +1,175 @@
+"""Merging SpaRTA adapters into one multi-head model (paper section 8, Table 6).
+
+Adapters trained on the same base model (their stored base-model fingerprints must agree) are added into one
+backbone, ``W = W0 + sum_i w_i * scatter(phi_i, delta_i)``, and each task keeps its own fully trained head. The
+merged directory (layout in `sparta.runs.layout`) is a standalone Hugging Face checkpoint of the base *causal
+LM* with the merged weights (``AutoModel`` loads the bare transformer from it, ``AutoModelForCausalLM`` the LM),
+its tokenizer, one ``heads/<task>.safetensors`` per task and ``merged.json`` describing the tasks (labels, prompt
+settings, where each came from) and how the adapters interact (`sparta.merging.interactions`). It opens with
+`sparta.runs.open_model` like any other directory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from transformers import AutoTokenizer
+
+from sparta.adapter.fingerprint import check_fingerprint, model_fingerprint
+from sparta.errors import SpartaError
+from sparta.fileio import write_json
+from sparta.merging.interactions import interaction_stats, interaction_warnings
+from sparta.merging.sources import NAME, AdapterSource, check_same_base, open_adapter, read_head, read_sparse
+from sparta.models import load_model, load_tokenizer, quiet_transformers, resolve_model
+from sparta.runs import evaluate, open_model
+from sparta.runs.layout import (
+    HEAD_METADATA_KEY,
+    HEADS_DIR,
+    MERGED_FILE,
+    MERGED_FORMAT,
+    TOKENIZER_DIR,
+    prepare_dir,
+)
+from sparta.tasks import build_task
+
+
+def _tokenizer_for(source: AdapterSource, resolved) -> Any:
+    if source.run_dir is not None and (source.run_dir / TOKENIZER_DIR).is_dir():
+        tok = AutoTokenizer.from_pretrained(str(source.run_dir / TOKENIZER_DIR))
+        return tok
+    return load_tokenizer(resolved)
+
+
+def _resolve_base(sources: list[AdapterSource], model: str | None):
+    name = model or sources[0].base_model
+    if not name:
+        raise SpartaError(f"{sources[0].path} does not record its base model; pass --model")
+    return resolve_model(name)
+
+
+def _task_entry(source: AdapterSource, weight: float, head_file: str) -> dict[str, Any]:
+    info, doc = source.info, source.document
+    n = source.num_labels
+    names = info.get("label_names") or [str(i) for i in range(n)]
+    words = None
+    if info.get("task"):
+        words = list(build_task(info["task"]).label_words)
+    return {
+        "name": source.name,
+        "source": str((source.run_dir or source.path).resolve()),
+        "weight": weight,
+        "head_file": head_file,
+        "num_labels": n,
+        "label_names": list(names),
+        "label_words": words or list(names),
+        "task": info.get("task"),  # get_task arguments; None for a bare adapter (raw text inputs)
+        "instruct": bool(info.get("instruct", False)),
+        "template": info.get("template"),
+        "padding_side": info.get("padding_side", "right"),
+        "max_length": info.get("max_length"),
+        "seed": info.get("seed", doc["config"]["seed"]),
+        "adapter_seed": doc["config"]["seed"],
+        "density": doc["config"]["density"],
+        "deltas": source.count,
+    }
+
+
+def merge_adapters(
+    adapters: list[str | Path],
+    output: str | Path,
+    *,
+    weights: list[float] | None = None,
+    names: list[str] | None = None,
+    model: str | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Merge SpaRTA adapters into one multi-head model directory; returns the merged.json document."""
+    if len(adapters) < 1:
+        raise SpartaError("give at least one adapter to merge")
+    sources = [open_adapter(p) for p in adapters]
+    if names is not None:
+        if len(names) != len(sources) or not all(NAME.fullmatch(n) for n in names):
+            raise SpartaError(
+                f"--names needs {len(sources)} names of letters, digits, '_' or '-', got {names}"
+            )
+        for s, n in zip(sources, names, strict=True):
+            s.name = n
+    seen: dict[str, int] = {}
+    for s in sources:  # two runs of one task: task, task-2, ...
+        seen[s.name] = seen.get(s.name, 0) + 1
+        s.name = s.name if seen[s.name] == 1 else f"{s.name}-{seen[s.name]}"
+    weights = [1.0] * len(sources) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(sources):
+        raise SpartaError(f"--weights has {len(weights)} values for {len(sources)} adapters")
+    check_same_base(sources)
+    output = Path(output)
+    prepare_dir(output, overwrite, MERGED_FILE)
+
+    resolved = _resolve_base(sources, model)
+    with quiet_transformers():
+        backbone = load_model(resolved, task="causal-lm", dtype="float32")
+    actual = model_fingerprint(backbone)
+    sparse = [read_sparse(s.path) for s in sources]
+    for s, sp in zip(sources, sparse, strict=True):
+        check_fingerprint(s.document["base_model"].get("fingerprint") or {}, actual, required=list(sp))
+    with torch.no_grad():
+        for sp, w in zip(sparse, weights, strict=True):
+            for name, (_, flat, values) in sp.items():
+                param = backbone.get_parameter(name)
+                param.view(-1).index_add_(0, flat, (w * values).to(param.dtype))
+    pairs = interaction_stats(sparse, [s.name for s in sources])
+
+    tokenizer = _tokenizer_for(sources[0], resolved)
+    backbone.config.pad_token_id = tokenizer.pad_token_id
+    backbone.save_pretrained(str(output))
+    tokenizer.save_pretrained(str(output))
+    (output / HEADS_DIR).mkdir()
+    tasks = []
+    for s, w in zip(sources, weights, strict=True):
+        entry = _task_entry(s, w, f"{HEADS_DIR}/{s.name}.safetensors")
+        # one metadata key holding the entry as JSON: safetensors writes the metadata map in no fixed order, and
+        # merging the same adapters must give the same bytes (files written before kept one key per field)
+        meta = {HEAD_METADATA_KEY: json.dumps(entry, sort_keys=True)}
+        save_file(
+            {k: v.contiguous() for k, v in read_head(s).items()}, str(output / entry["head_file"]), meta
+        )
+        tasks.append(entry)
+    document = {
+        "format": MERGED_FORMAT,
+        "kind": "sparta-merged",
+        "base_model": model or sources[0].base_model,
+        "base_model_path": str(resolved.path),
+        "pad_token_id": tokenizer.pad_token_id,
+        "tasks": tasks,
+        "interactions": pairs,
+        "warnings": interaction_warnings(sources, pairs),
+    }
+    write_json(output / MERGED_FILE, document)
+    return document
+
+
+def compare_with_single(
+    path: str | Path,
+    split: str = "test",
+    data_dir: str | None = None,
+    max_eval_samples: int | None = None,
+    batch_size: int = 32,
+    device: str | None = None,
+) -> dict[str, dict[str, Any]]:
+    """{task: {"merged": metrics, "single": metrics}} for every task merged from a training dir."""
+    merged = open_model(path, device=device)
+    out: dict[str, dict[str, Any]] = {}
+    for name, head in merged.tasks.items():
+        if not head.known_data:
+            continue
+        run = open_model(head.entry["source"], device=device)
+        out[name] = {
+            "merged": evaluate(merged, name, split, data_dir, max_eval_samples, batch_size),
+            "single": evaluate(run, None, split, data_dir, max_eval_samples, batch_size),
+        }
+        del run
+    return out

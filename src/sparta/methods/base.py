@@ -1,0 +1,134 @@
+"""What every adaptation method shares: the `Method` interface the training loop and the run layer call, and
+the parameter bookkeeping that is the same for all of them (counting, copying and restoring the trainable
+tensors, AdamW groups, dropout).
+
+A method object knows how to make a model trainable its way (`apply`), which of its files a run keeps (`save`,
+`load`), and whether a run of it holds a whole model (`saves_model`) rather than an adapter on a base model. It
+takes the run's settings as one object with attributes (`sparta.train.config.TrainConfig`, or anything with the
+same field names), so this layer does not depend on the training package.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparta.adapter.targets import LINEAR_TYPES
+from sparta.errors import SpartaError
+
+
+class Method:
+    """The interface of one adaptation method (subclasses override what differs)."""
+
+    name: str = ""
+    saves_model = False  # a run holds a whole model (model/) instead of an adapter (adapter/) on its base
+    default_targets: tuple[str, ...] = ()  # modules adapted when --targets is not given
+
+    def apply(self, model: nn.Module, cfg: Any, objective: Any) -> nn.Module:
+        """Make `model` (its head already initialised) trainable as this method does; returns the model to train."""
+        raise NotImplementedError
+
+    def save(self, model: nn.Module, directory: Path, cfg: Any) -> None:
+        """Write what the method trained into the (new, empty) `directory`."""
+        raise NotImplementedError
+
+    def load(self, base: nn.Module, directory: Path) -> nn.Module:
+        """Attach what `save` wrote in `directory` to a freshly loaded base model."""
+        raise NotImplementedError
+
+    def describe(self, model: nn.Module, device: torch.device) -> list[str]:
+        """Extra lines for the run log (e.g. which kernel computes the gradients)."""
+        return []
+
+
+def targets_of(cfg: Any, method: Method) -> list[str]:
+    """The modules to adapt: the run's --targets, else the method's default."""
+    return list(cfg.targets) if cfg.targets else list(method.default_targets)
+
+
+def check_targets(model: nn.Module, targets: list[str]) -> None:
+    """PEFT's own error does not say what exists: name the Linear modules when a target matches none."""
+    if targets == ["all-linear"]:
+        return
+    names = [n for n, m in model.named_modules() if isinstance(m, LINEAR_TYPES)]
+    unmatched = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names)]
+    if unmatched:
+        available = sorted({n.rsplit(".", 1)[-1] for n in names})
+        raise SpartaError(
+            f"targets {unmatched} match no Linear module; Linear module names available: {', '.join(available)}"
+        )
+
+
+def set_dropout(model: nn.Module, p: float) -> int:
+    """Set every dropout probability in the model (nn.Dropout modules and attention_dropout attributes).
+
+    Call before wrapping with PEFT so LoRA's own dropout keeps its setting. Returns how many places were set.
+    """
+    count = 0
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
+            count += 1
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = p
+            count += 1
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    for key in (
+        "attention_dropout",
+        "hidden_dropout",
+        "hidden_dropout_prob",
+        "attention_probs_dropout_prob",
+        "resid_pdrop",
+        "embd_pdrop",
+        "attn_pdrop",
+        "dropout",
+    ):
+        if isinstance(getattr(config, key, None), float):
+            setattr(config, key, p)
+    return count
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; adapters report their own (total = base model + adapter)."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        trainable, total = model.get_nb_trainable_parameters()
+        return int(trainable), int(total)
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of the trainable tensors only (what early stopping keeps in memory)."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@torch.no_grad()
+def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    for name, value in state.items():
+        params[name].copy_(value)
+
+
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: no weight decay on biases and normalisation weights."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if name.endswith(".bias") or "norm" in name.lower() else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def one_line(err: Exception) -> str:
+    """An exception as one short line, for errors from libraries that raise many types."""
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:300]}"
+
+
+def dir_bytes(path: Path) -> int:
+    """Total size of a file or of every file under a folder."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

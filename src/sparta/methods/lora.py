@@ -1,0 +1,54 @@
+"""LoRA and DoRA through PEFT (DoRA: `use_dora=True`): low-rank updates on the targets (the paper's baseline:
+query and value projections), with the objective's head in `modules_to_save` so that it trains fully as well."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+
+from sparta.errors import SpartaError
+from sparta.methods.base import Method, check_targets, one_line, targets_of
+
+
+class Lora(Method):
+    name = "lora"
+    use_dora = False
+    default_targets = ("q_proj", "v_proj")
+
+    def apply(self, model: nn.Module, cfg: Any, objective: Any) -> nn.Module:
+        targets = targets_of(cfg, self)
+        config = LoraConfig(
+            task_type=objective.peft_task_type,
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules="all-linear" if targets == ["all-linear"] else targets,
+            use_dora=self.use_dora,
+            modules_to_save=list(objective.head_modules) or None,
+        )
+        check_targets(model, targets)
+        try:
+            return get_peft_model(model, config)
+        except ValueError as err:
+            raise SpartaError(f"cannot apply {self.name}: {err}") from None
+
+    def save(self, model: nn.Module, directory: Path, cfg: Any) -> None:
+        model.save_pretrained(str(directory))
+
+    def load(self, base: nn.Module, directory: Path) -> nn.Module:
+        try:
+            return PeftModel.from_pretrained(base, str(directory))
+        except (
+            Exception
+        ) as err:  # PEFT/safetensors raise many types on missing, truncated or mismatched files
+            raise SpartaError(
+                f"cannot load the {self.name} adapter in {directory}: {one_line(err)}"
+            ) from None
+
+
+class Dora(Lora):
+    name = "dora"
+    use_dora = True

@@ -1,0 +1,44 @@
+"""SpaRTA: sparse deltas on a random `density` of each targeted weight, plus the fully trained head.
+
+The run's `index_seed` (default: its `seed`) picks phi; adapters meant to be merged are trained with different
+index seeds so that their positions barely overlap. Files: `adapter_config.json` + `adapter_model.safetensors`
+(`sparta.adapter.io`), with the run's index encoding and delta precision.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparta.adapter import native
+from sparta.adapter.config import ALL_LINEAR, SpartaConfig
+from sparta.adapter.model import SpartaModel, get_sparta_model
+from sparta.methods.base import Method, targets_of
+
+
+class Sparta(Method):
+    name = "sparta"
+    default_targets = (ALL_LINEAR,)
+
+    def apply(self, model: nn.Module, cfg: Any, objective: Any) -> nn.Module:
+        targets = targets_of(cfg, self)
+        config = SpartaConfig(
+            density=cfg.density,
+            target_modules=ALL_LINEAR if targets == [ALL_LINEAR] else targets,
+            seed=cfg.seed if cfg.index_seed is None else cfg.index_seed,
+        )
+        return get_sparta_model(model, config)
+
+    def save(self, model: nn.Module, directory: Path, cfg: Any) -> None:
+        index_format = cfg.save_index_format if cfg is not None else "seed"
+        delta_dtype = cfg.save_delta_dtype if cfg is not None else "float32"
+        model.save_pretrained(directory, index_format=index_format, delta_dtype=delta_dtype)
+
+    def load(self, base: nn.Module, directory: Path) -> nn.Module:
+        return SpartaModel.from_pretrained(base, str(directory))
+
+    def describe(self, model: nn.Module, device: torch.device) -> list[str]:
+        return [f"delta-gradient kernel: {native.status()}"] if device.type == "cpu" else []

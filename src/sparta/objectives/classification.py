@@ -1,0 +1,160 @@
+"""The classification objective: sequence classification with a linear head on the last real token.
+
+Inputs are formatted by the task (`sparta.tasks.format_input`: a chat-templated instruction for instruct models,
+the raw text for base models) and tokenised once up front. Instruct inputs already hold the template's special
+tokens, so they are tokenised without adding any; base inputs get the tokenizer's usual special tokens (BOS).
+The loss is the mean cross-entropy over the examples of an optimizer step; the metrics are the task's
+(accuracy, MCC, F1) plus that loss. Heads start as described in `sparta.objectives.heads`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparta.errors import SpartaError
+from sparta.objectives.batching import collate, forward_batches
+from sparta.objectives.heads import init_base_head, init_instruct_head
+from sparta.tasks import compute_metrics, format_input
+
+
+@dataclass
+class Encoded:
+    """A tokenised split: token ids per example, the labels, and how many examples were dropped as too long."""
+
+    input_ids: list[list[int]]
+    labels: list[int]
+    dropped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids in self.input_ids]
+
+
+def encode_texts(texts: Sequence[str], tokenizer, add_special_tokens: bool) -> list[list[int]]:
+    """Tokenise texts (no padding, no truncation)."""
+    if not texts:
+        return []
+    encoded = tokenizer(list(texts), add_special_tokens=add_special_tokens, padding=False, truncation=False)
+    ids = [list(x) for x in encoded["input_ids"]]
+    pad_id = tokenizer.pad_token_id
+    for i, seq in enumerate(ids):
+        if not seq:
+            raise SpartaError(f"example {i} tokenises to nothing; check its text fields")
+        if seq[-1] == pad_id:
+            # The classification head pools the last non-pad token, so a sequence ending in the pad token
+            # would be pooled at the wrong position.
+            raise SpartaError(
+                f"example {i} ends with the pad token id {pad_id}; give the tokenizer a dedicated pad token"
+            )
+    return ids
+
+
+def encode_split(
+    examples: Sequence[dict],
+    task,
+    tokenizer,
+    instruct: bool,
+    template: str | None = None,
+    max_length: int | None = None,
+    truncate: bool = False,
+) -> Encoded:
+    """Format and tokenise examples; longer than max_length: dropped (training) or left-truncated (truncate=True).
+
+    Left truncation keeps the end of the input, where an instruct prompt's generation marker sits.
+    """
+    texts = [format_input(task, ex, tokenizer, instruct=instruct, template=template) for ex in examples]
+    ids = encode_texts(texts, tokenizer, add_special_tokens=not instruct)
+    labels = [int(ex["label"]) for ex in examples]
+    if max_length is None:
+        return Encoded(ids, labels)
+    if truncate:
+        return Encoded([seq[-max_length:] for seq in ids], labels)
+    keep = [i for i, seq in enumerate(ids) if len(seq) <= max_length]
+    return Encoded([ids[i] for i in keep], [labels[i] for i in keep], dropped=len(ids) - len(keep))
+
+
+def batch_loss(model: nn.Module, data: Encoded, idx: list[int], pad_id: int, padding_side: str, device):
+    """Summed cross-entropy of the examples `idx` (a 0-dim float32 tensor with a graph)."""
+    batch = collate([data.input_ids[i] for i in idx], pad_id, padding_side)
+    labels = torch.tensor([data.labels[i] for i in idx], dtype=torch.long, device=device)
+    logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
+    return F.cross_entropy(logits, labels, reduction="sum")
+
+
+def logits(
+    model: nn.Module, data: Encoded, batch_size: int, pad_id: int, padding_side: str, device, rt: Any = None
+) -> torch.Tensor:
+    """(N, C) float32 logits of a sequence classifier in example order (see `forward_batches`)."""
+    was_training = model.training
+    model.eval()
+    out = forward_batches(
+        lambda b: {"logits": model(**b).logits}, data, batch_size, pad_id, padding_side, device, rt
+    )
+    model.train(was_training)
+    return out.get("logits", torch.empty(0, 0))
+
+
+def metrics(task, scores: torch.Tensor, labels: Sequence[int]) -> dict[str, float]:
+    """The mean cross-entropy `loss` and the task's metrics for (N, C) logits."""
+    target = torch.tensor(list(labels), dtype=torch.long)
+    loss = F.cross_entropy(scores, target).item()
+    return {"loss": loss, **compute_metrics(task, scores, target, loss=loss)}
+
+
+class Classification:
+    """The plug-in the training loop and the run layer ask for everything that depends on the kind of task."""
+
+    name = "classification"
+    model_kind = (
+        "classification"  # what `sparta.models.load_model` builds: AutoModelForSequenceClassification
+    )
+    peft_task_type = "SEQ_CLS"
+    head_modules = ("score",)  # trained fully by every method that has a head
+
+    encode = staticmethod(encode_split)
+    batch_loss = staticmethod(batch_loss)
+    metrics = staticmethod(metrics)
+
+    @staticmethod
+    def units(data: Encoded, idx: list[int]) -> int:
+        """What a step's loss is averaged over: examples."""
+        return len(idx)
+
+    @staticmethod
+    def metric_names(task) -> list[str]:
+        return list(task.metrics)
+
+    @staticmethod
+    def evaluate(
+        model, data: Encoded, task, batch_size: int, pad_id: int, padding_side: str, device, rt=None
+    ):
+        """The task's metrics plus the mean cross-entropy loss on one split."""
+        return metrics(task, logits(model, data, batch_size, pad_id, padding_side, device, rt), data.labels)
+
+    @staticmethod
+    def init_head(
+        model: nn.Module,
+        tokenizer,
+        task,
+        instruct: bool,
+        prompt: str | None,
+        path: str | Path | None,
+        seed: int,
+    ) -> dict:
+        """Base models: random N(0, (0.06/sqrt d)^2). Instruct models: label-word rows of the LM output embeddings."""
+        if instruct:
+            return {
+                "kind": "label_words",
+                **init_instruct_head(model, tokenizer, task.label_words, prompt, path),
+            }
+        return {"kind": "random", "std": init_base_head(model, seed=seed)}

@@ -1,0 +1,23 @@
+"""The run layer: the directories sparta writes (`layout`), opening any of them, or a model name, into one
+loaded object (`open_model`), using it (`evaluate`, `predict`, `predict_tasks`), the merged multi-head model, and
+exporting a run as a standalone transformers model. Training, merging, the experiments and the CLI all use these."""
+
+from sparta.runs.export import export_run
+from sparta.runs.inference import evaluate, examples_from_texts, predict, predict_tasks, prompt_groups
+from sparta.runs.loaded import Loaded, TaskHead, open_model
+from sparta.runs.multihead import MultiHeadModel, pool_last, read_merged
+
+__all__ = [
+    "Loaded",
+    "MultiHeadModel",
+    "TaskHead",
+    "evaluate",
+    "examples_from_texts",
+    "export_run",
+    "open_model",
+    "pool_last",
+    "predict",
+    "predict_tasks",
+    "prompt_groups",
+    "read_merged",
+]

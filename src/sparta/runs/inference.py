@@ -1,0 +1,127 @@
+"""Using a loaded model: `evaluate` one task on a split, `predict` labels for inputs.
+
+Inputs are formatted exactly as in training (the task's prompt, the run's instruct flag and template) and
+truncated to the model's context from the left, keeping the end where an instruct prompt's generation marker
+sits. Every forward goes through `sparta.objectives.batching.forward_batches`, the same longest-first batching
+the training loop evaluates with. A merged model's tasks whose inputs tokenize identically share one forward
+pass (with a base model and tasks reading the same fields, one pass serves every head, as in the paper);
+instruct models wrap each task's own instruction in the chat template, so there each task runs its own pass.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+
+from sparta.errors import SpartaError
+from sparta.objectives.batching import forward_batches
+from sparta.runs.loaded import Loaded
+from sparta.tasks import load_splits
+
+SPLITS = ("train", "dev", "test")
+
+
+def encode(loaded: Loaded, name: str, examples: list[dict], truncate: bool = True):
+    """Task `name`'s inputs for `examples`, tokenised as in training."""
+    head = loaded.head(name)
+    return loaded.objective.encode(
+        examples, head.spec, loaded.tokenizer, head.instruct, head.template, loaded.context, truncate
+    )
+
+
+def scores(loaded: Loaded, data, tasks: list[str], batch_size: int = 32) -> dict[str, torch.Tensor]:
+    """{task: (N, C) float32 logits} for encoded inputs that `tasks` share, one backbone pass per batch."""
+    side = loaded.head(tasks[0]).padding_side
+    return forward_batches(loaded.forward(tasks), data, batch_size, loaded.pad_id, side, loaded.device)
+
+
+def evaluate(
+    loaded: Loaded,
+    task: str | None = None,
+    split: str = "test",
+    data_dir: str | None = None,
+    max_eval_samples: int | None = None,
+    batch_size: int = 32,
+) -> dict[str, float]:
+    """The loss and the task's metrics of one task (the only one, unless named) on one split."""
+    head = loaded.head(task)
+    if not head.known_data:
+        raise SpartaError(
+            f"task {head.name!r} came from a bare adapter dir (no run.json): its data is unknown; merge training dirs"
+        )
+    if split not in SPLITS:
+        raise SpartaError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    splits = load_splits(head.spec, data_dir, seed=head.seed, max_eval_samples=max_eval_samples)
+    if not splits[split]:
+        raise SpartaError(f"task {head.spec.name} has no {split} examples")
+    data = encode(loaded, head.name, splits[split])
+    logits = scores(loaded, data, [head.name], batch_size)[head.name]
+    return loaded.objective.metrics(head.spec, logits, data.labels)
+
+
+def examples_from_texts(task, texts: list[str]) -> list[dict]:
+    """CLI inputs to examples: a JSON object is one example; else plain strings fill the task's text fields in order."""
+    if texts and all(t.lstrip().startswith("{") for t in texts):
+        try:
+            return [json.loads(t) | {"label": 0} for t in texts]
+        except json.JSONDecodeError as err:
+            raise SpartaError(f"input is not a valid JSON example: {err}") from None
+    k = len(task.text_fields)
+    if not texts or len(texts) % k:
+        raise SpartaError(
+            f"task {task.name} takes {k} text(s) per example ({', '.join(task.text_fields)}); got {len(texts)}"
+        )
+    return [
+        dict(zip(task.text_fields, texts[i : i + k], strict=True)) | {"label": 0}
+        for i in range(0, len(texts), k)
+    ]
+
+
+def prompt_groups(loaded: Loaded, examples: dict[str, list[dict]]) -> list[tuple[list[str], Any]]:
+    """[(tasks, encoded inputs)]: tasks whose inputs tokenize (and pad) identically share one forward pass."""
+    groups: dict[tuple, tuple[list[str], Any]] = {}
+    for name, exs in examples.items():
+        data = encode(loaded, name, exs)
+        key = (tuple(map(tuple, data.input_ids)), loaded.head(name).padding_side)
+        groups.setdefault(key, ([], data))[0].append(name)
+    return list(groups.values())
+
+
+def _label(names: list[str], probs: torch.Tensor) -> dict[str, Any]:
+    return {
+        "label": names[int(probs.argmax())],
+        "probabilities": {n: float(v) for n, v in zip(names, probs, strict=True)},
+    }
+
+
+def predict_tasks(
+    loaded: Loaded, texts: list[str], tasks: list[str] | None = None, batch_size: int = 32
+) -> list[dict[str, dict[str, Any]]]:
+    """For each input: {task: {"label", "probabilities"}} for every task (or those named), one backbone pass
+    per distinct prompt format."""
+    names = tasks or list(loaded.tasks)
+    examples = {n: examples_from_texts(loaded.head(n).spec, texts) for n in names}
+    counts = {len(v) for v in examples.values()}
+    if len(counts) != 1:
+        raise SpartaError("the tasks read different numbers of text fields; give one JSON object per example")
+    results: list[dict[str, dict[str, Any]]] = [{} for _ in range(counts.pop())]
+    for group, data in prompt_groups(loaded, examples):
+        logits = scores(loaded, data, group, batch_size)
+        for t in group:
+            labels = list(loaded.head(t).spec.label_names)
+            for i, p in enumerate(logits[t].softmax(-1)):
+                results[i][t] = _label(labels, p)
+    return results
+
+
+def predict(
+    loaded: Loaded, examples: list[dict], task: str | None = None, batch_size: int = 32
+) -> list[dict]:
+    """For each example of one task: the predicted label name and the probability of every label."""
+    head = loaded.head(task)
+    data = encode(loaded, head.name, examples)
+    logits = scores(loaded, data, [head.name], batch_size)[head.name]
+    names = list(head.spec.label_names)
+    return [_label(names, p) for p in logits.softmax(-1)]

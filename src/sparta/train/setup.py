@@ -1,0 +1,203 @@
+"""The first steps of a training run: its output directory (created, or checked for resuming), then seeds,
+device, the task and its objective, the model and tokenizer, the encoded splits, the head's initial state, and
+finally the method applied. `sparta.train.loop.train` calls these in order."""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sparta.errors import SpartaError
+from sparta.methods import Method, count_parameters, get_method, set_dropout
+from sparta.models import load_model, load_tokenizer, pick_device, quiet_transformers, resolve_model
+from sparta.objectives import objective_for
+from sparta.runs.layout import prepare_output
+from sparta.tasks import build_task, format_input, load_splits
+from sparta.train import checkpoint as C
+from sparta.train.config import TrainConfig
+from sparta.train.distributed import Runtime
+
+logger = logging.getLogger(__name__)
+SPLITS = ("train", "dev", "test")
+# Settings a resumed run may change; every other one must equal the checkpoint's.
+RESUMABLE_CHANGES = ("output", "resume", "overwrite", "progress", "save_every", "keep_checkpoints", "device")
+
+
+# -- setup -------------------------------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def task_args(cfg: TrainConfig) -> dict[str, Any]:
+    """Keyword arguments for `sparta.tasks.build_task`, with file paths made absolute (stored in run.json)."""
+    files = {k: str(Path(v).resolve()) for k in SPLITS if (v := getattr(cfg, f"{k}_file"))}
+    if files and cfg.task != "custom":
+        raise SpartaError("--train-file/--dev-file/--test-file need --task custom")
+    overrides = {
+        "text_fields": tuple(cfg.text_fields) if cfg.text_fields else None,
+        "label_field": cfg.label_field,
+        "label_words": tuple(cfg.label_words) if cfg.label_words else None,
+        "instruction": cfg.instruction,
+    }
+    args: dict[str, Any] = {"name": cfg.task, **{k: v for k, v in overrides.items() if v is not None}}
+    if files:
+        args["data_files"] = files
+    return args
+
+
+def load_model_and_tokenizer(model: str, objective, num_labels: int, dtype: torch.dtype, padding_side: str):
+    """(resolved, model, tokenizer) via sparta.models; the tokenizer has a pad token and the given padding side."""
+    resolved = resolve_model(model)
+    tokenizer = load_tokenizer(resolved)
+    tokenizer.padding_side = padding_side
+    with quiet_transformers():
+        net = load_model(resolved, task=objective.model_kind, num_labels=num_labels, dtype=dtype)
+    net.config.pad_token_id = tokenizer.pad_token_id  # the head pools the last token that is not this id
+    return resolved, net, tokenizer
+
+
+def encode_splits(cfg: TrainConfig, objective, task, tokenizer, instruct: bool, context: int | None):
+    """(raw splits, encoded splits, max length): training examples over the max length are dropped, dev and test
+    examples are truncated to the model's context instead."""
+    splits = load_splits(
+        task,
+        cfg.data_dir,
+        seed=cfg.seed,
+        max_train_samples=cfg.max_train_samples,
+        max_eval_samples=cfg.max_eval_samples,
+    )
+    if not splits["train"]:
+        raise SpartaError(f"task {task.name} has no training examples")
+    max_length = cfg.max_length or task.max_length
+    encode = objective.encode
+    enc = {
+        "train": encode(splits["train"], task, tokenizer, instruct, cfg.template, max_length),
+        **{
+            s: encode(splits[s], task, tokenizer, instruct, cfg.template, context, True)
+            for s in ("dev", "test")
+        },
+    }
+    train_data = enc["train"]
+    if not len(train_data):
+        raise SpartaError(
+            f"all {train_data.dropped} training examples are longer than {max_length} tokens; raise --max-length"
+        )
+    logger.info(
+        f"data: train {len(train_data)} (dropped {train_data.dropped} > {max_length} tokens), "
+        f"dev {len(enc['dev'])}, test {len(enc['test'])}; {'instruct' if instruct else 'base'} model {cfg.model}"
+    )
+    return splits, enc, max_length
+
+
+@dataclass
+class Setup:
+    """Everything `train` builds before the method is applied."""
+
+    device: torch.device
+    dtype: torch.dtype
+    targs: dict[str, Any]
+    task: Any
+    objective: Any
+    method: Method
+    resolved: Any
+    model: nn.Module
+    tokenizer: Any
+    instruct: bool
+    enc: dict[str, Any]
+    max_length: int
+    head_info: dict
+
+
+def set_up(cfg: TrainConfig, rt: Runtime) -> Setup:
+    """Seeds, device, task and objective, model and tokenizer, encoded data, the head's initial state."""
+    seed_everything(cfg.seed)
+    device, dtype = pick_device(cfg.device, cfg.dtype)
+    device = rt.device(device)
+    targs = task_args(cfg)
+    task = build_task(targs)
+    objective = objective_for(task)
+    method = get_method(cfg.method)
+    resolved, model, tokenizer = load_model_and_tokenizer(cfg.model, objective, task.num_labels, dtype,
+                                                          cfg.padding_side)  # fmt: skip
+    instruct = bool(getattr(resolved, "instruct", False))
+    context = getattr(model.config, "max_position_embeddings", None)
+    splits, enc, max_length = encode_splits(cfg, objective, task, tokenizer, instruct, context)
+    prompt = (
+        format_input(task, splits["train"][0], tokenizer, instruct=True, template=cfg.template)
+        if instruct
+        else None
+    )
+    head_info = objective.init_head(
+        model, tokenizer, task, instruct, prompt, getattr(resolved, "path", None), cfg.seed
+    )
+    if cfg.dropout is not None:
+        set_dropout(model, cfg.dropout)
+    model.to(device)
+    return Setup(device, dtype, targs, task, objective, method, resolved, model, tokenizer, instruct, enc,
+                 max_length, head_info)  # fmt: skip
+
+
+def apply_method(cfg: TrainConfig, s: Setup, rt: Runtime) -> nn.Module:
+    """The method's trainable model (SpaRTA switches to its functional merge where the engine shards)."""
+    net = s.method.apply(s.model, cfg, s.objective)
+    if hasattr(net, "set_merge_mode"):
+        net.set_merge_mode(rt.merge_mode)
+    net.to(s.device)
+    net.train()
+    trainable, total = count_parameters(net)
+    logger.info(
+        f"method {cfg.method}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.4f}%)"
+    )
+    for line in s.method.describe(net, s.device):
+        logger.info(line)
+    return net
+
+
+# -- run directory and resuming --------------------------------------------------------------------------------
+def resolve_output(cfg: TrainConfig) -> str:
+    """The run dir: --resume DIR, else --output, else runs/<task>-<method>-seed<seed>."""
+    if isinstance(cfg.resume, str):
+        if cfg.output and Path(cfg.output).resolve() != Path(cfg.resume).resolve():
+            raise SpartaError(f"--resume {cfg.resume} and --output {cfg.output} differ; give one run dir")
+        return cfg.resume
+    return cfg.output or f"runs/{cfg.task}-{cfg.method}-seed{cfg.seed}"
+
+
+def check_resumable(cfg: TrainConfig, saved: dict, where: Path) -> None:
+    now = cfg.to_dict()
+    changed = [k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]]
+    if changed:
+        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
+        raise SpartaError(f"cannot resume {where}: settings differ from the checkpoint's ({shown})")
+
+
+def open_run(cfg: TrainConfig, rt: Runtime) -> tuple[Path, C.Checkpoint | None]:
+    """The checked (and created) output dir, and the checkpoint to continue from when resuming."""
+    if rt.sharded and (cfg.save_every or cfg.resume):
+        raise SpartaError(
+            "checkpoints (--save-every, --resume) are not supported when FSDP or ZeRO-3 shard the parameters yet; "
+            "train without them, or use DDP / ZeRO-1/2"
+        )
+    resume = bool(cfg.resume)
+    output = prepare_output(resolve_output(cfg), cfg.overwrite, resume=resume, create=False)
+    rt.barrier()
+    if rt.is_main:
+        prepare_output(output, cfg.overwrite, resume=resume)
+    rt.barrier()
+    if not resume:
+        return output, None
+    ckpt = C.load_checkpoint(C.latest_checkpoint(output))
+    check_resumable(cfg, ckpt.state["config"], ckpt.path)
+    if len(ckpt.rng) != rt.world:
+        raise SpartaError(f"{ckpt.path} was written by {len(ckpt.rng)} process(es); resume with as many")
+    logger.info(f"resuming from {ckpt.path} (step {ckpt.step})")
+    return output, ckpt
