@@ -337,11 +337,14 @@ def pick_device(device: str | None, dtype: str | None) -> tuple[torch.device, to
 
 @contextlib.contextmanager
 def quiet_transformers():
-    """Hide transformers' load report inside the block (a new head is always "MISSING" from a causal-LM
-    checkpoint), restoring its log level afterwards."""
-    level = hf_logging.get_verbosity()
+    """Hide transformers' load report and progress bars inside the block (a new head is always "MISSING" from a
+    causal-LM checkpoint), restoring both afterwards."""
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         yield
     finally:
         hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,24 +15,14 @@ from sparta.runs.layout import RUN_FILE
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "v1"
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> Path:
-    """The v1 run dirs (one per method), with their recorded paths pointed at this copy."""
-    root = tmp_path_factory.mktemp("export") / "v1"
-    shutil.copytree(FIXTURE, root)
-    for file in root.rglob("*.json"):
-        file.write_text(file.read_text().replace("@FIXTURE@", str(root)))
-    return root
-
-
 @pytest.mark.parametrize("method", ["sparta", "sparta-coo16-bf16", "lora", "dora", "head", "full"])
-def test_every_method_exports_a_plain_classifier_with_the_runs_logits(runs, tmp_path, method):
-    out = export_run(runs / method, tmp_path / "export")
+def test_every_method_exports_a_plain_classifier_with_the_runs_logits(v1_dir, tmp_path, method):
+    out = export_run(v1_dir / method, tmp_path / "export")
     assert "sparta" not in (out / "config.json").read_text().lower()
     plain = AutoModelForSequenceClassification.from_pretrained(str(out)).eval()
     assert type(plain).__name__ == "LlamaForSequenceClassification"
     assert not any("lora" in n for n, _ in plain.named_parameters())  # PEFT's layers folded into W
-    run = open_model(runs / method, device="cpu")
+    run = open_model(v1_dir / method, device="cpu")
     ids = torch.tensor([[5, 10, 11, 17, 20, 9], [8, 22, 17, 18, 6, 7]])
     with torch.no_grad():
         expected = run.model(input_ids=ids).logits

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,18 +12,6 @@ import pytest
 from sparta.runs import examples_from_texts, open_model, predict, predict_tasks
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "v1"
-
-
-@pytest.fixture(scope="module")
-def fixture_dir(tmp_path_factory) -> Path:
-    """A copy of the fixture with its recorded absolute paths pointed at the copy."""
-    root = tmp_path_factory.mktemp("v1") / "v1"
-    shutil.copytree(FIXTURE, root)
-    for file in root.rglob("*.json"):
-        text = file.read_text()
-        if "@FIXTURE@" in text:
-            file.write_text(text.replace("@FIXTURE@", str(root)))
-    return root
 
 
 def _close(a: list[list[float]], b: list[list[float]]) -> bool:
@@ -36,15 +23,15 @@ EXPECTED = json.loads((FIXTURE / "expected.json").read_text())
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED["runs"]))
-def test_v1_run_dirs_load_and_give_the_same_probabilities(fixture_dir, name):
-    run = open_model(fixture_dir / name, device="cpu")
+def test_v1_run_dirs_load_and_give_the_same_probabilities(v1_dir, name):
+    run = open_model(v1_dir / name, device="cpu")
     preds = predict(run, examples_from_texts(run.task, EXPECTED["texts"]))
     got = [[p["probabilities"][k] for k in run.task.label_names] for p in preds]
     assert _close(got, EXPECTED["runs"][name])
 
 
-def test_v1_merged_model_loads_and_gives_the_same_probabilities(fixture_dir):
-    merged = open_model(fixture_dir / "merged", device="cpu")
+def test_v1_merged_model_loads_and_gives_the_same_probabilities(v1_dir):
+    merged = open_model(v1_dir / "merged", device="cpu")
     got: dict[str, list] = {}
     for p in predict_tasks(merged, EXPECTED["texts"]):
         for task, v in p.items():

@@ -65,9 +65,17 @@ def examples_from_texts(task, texts: list[str]) -> list[dict]:
     """CLI inputs to examples: a JSON object is one example; else plain strings fill the task's text fields in order."""
     if texts and all(t.lstrip().startswith("{") for t in texts):
         try:
-            return [json.loads(t) | {"label": 0} for t in texts]
+            examples = [json.loads(t) for t in texts]
         except json.JSONDecodeError as err:
             raise SpartaError(f"input is not a valid JSON example: {err}") from None
+        for example in examples:
+            missing = [f for f in task.text_fields if f not in example]
+            if missing:
+                raise SpartaError(
+                    f"input {json.dumps(example)} has no field {', '.join(map(repr, missing))}; task {task.name} "
+                    f"reads {', '.join(task.text_fields)} (the input has {', '.join(example) or 'no fields'})"
+                )
+        return [example | {"label": 0} for example in examples]
     k = len(task.text_fields)
     if not texts or len(texts) % k:
         raise SpartaError(

@@ -46,7 +46,8 @@ class TaskHead:
 
 @dataclass
 class Loaded:
-    """A model opened by `open_model`: `kind` is "run", "merged", "model" (a model directory) or "base"."""
+    """A model opened by `open_model`: `kind` is "run", "merged", "model" (a trained classifier's directory, e.g.
+    an export) or "base" (a base model with the head training starts from)."""
 
     kind: str
     model: nn.Module
@@ -119,15 +120,18 @@ def open_model(
     objective = get_objective(info.get("objective", "classification"))
     if kind == "run":
         model, tokenizer, instruct = _open_run(Path(path), info, spec, torch_dtype)
+        loaded_kind = "run"
     else:
-        model, tokenizer, instruct = _open_model_dir(str(path), info, spec, torch_dtype, objective)
+        model, tokenizer, instruct, fresh_head = _open_model_dir(
+            str(path), info, spec, torch_dtype, objective
+        )
+        loaded_kind = "base" if fresh_head else "model"
     if tokenizer.pad_token_id is None:
         raise SpartaError(f"the tokenizer in {path} has no pad token")
     side = info.get("padding_side", "right")
     tokenizer.padding_side = side
     model.to(dev).eval()
     head = TaskHead(spec.name, spec, instruct, info.get("template"), side, info.get("seed", 0))
-    loaded_kind = "run" if kind == "run" else "model" if kind == "model" else "base"
     return Loaded(
         loaded_kind, model, tokenizer, {spec.name: head}, {**info, "instruct": instruct}, dev, objective
     )
@@ -146,7 +150,7 @@ def _open_run(run_dir: Path, info: dict, spec: TaskSpec, dtype: torch.dtype) -> 
     """A training run: the method's files on a freshly loaded base model (full FT: the run's own model/)."""
     method = get_method(info.get("method", ""))
     if method.saves_model:
-        return _open_model_dir(str(run_dir / MODEL_DIR), info, spec, dtype, None, tokenizer_dir=run_dir)
+        return _open_model_dir(str(run_dir / MODEL_DIR), info, spec, dtype, None, tokenizer_dir=run_dir)[:3]
     try:
         resolved = resolve_model(info["model"])
     except SpartaError:  # e.g. a relative model dir given from another working directory
@@ -167,9 +171,10 @@ def _open_model_dir(
     dtype: torch.dtype,
     objective: Any,
     tokenizer_dir: Path | None = None,
-) -> tuple[nn.Module, Any, bool]:
-    """A model directory or name; without a trained classification head (and without a run.json saying it
-    has one) the head starts as it would in training (`objective` given: a base model, not a trained run)."""
+) -> tuple[nn.Module, Any, bool, bool]:
+    """(model, tokenizer, instruct, whether the head is new) of a model directory or name. Without a trained
+    classification head (and without a run.json saying it has one) the head starts as it would in training
+    (`objective` given: a base model, not a trained run)."""
     resolved = resolve_model(name)
     with quiet_transformers():
         model = load_model(resolved, task="classification", num_labels=spec.num_labels, dtype=dtype)
@@ -177,13 +182,13 @@ def _open_model_dir(
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir)) if tok_dir.is_dir() else load_tokenizer(resolved)
     model.config.pad_token_id = tokenizer.pad_token_id
     instruct = info.get("instruct", bool(getattr(resolved, "instruct", False)))
-    if objective is not None and not info and not _has_trained_head(resolved.path):
-        example = dict.fromkeys(
-            spec.text_fields, ""
-        )  # the prompt's end decides the label tokens, not its text
+    fresh = objective is not None and not info and not _has_trained_head(resolved.path)
+    if fresh:
+        # the label tokens depend on where the prompt ends (its generation marker), not on its text
+        example = dict.fromkeys(spec.text_fields, "")
         prompt = format_input(spec, example, tokenizer, instruct=True) if instruct else None
         objective.init_head(model, tokenizer, spec, instruct, prompt, resolved.path, seed=0)
-    return model, tokenizer, instruct
+    return model, tokenizer, instruct, fresh
 
 
 def _has_trained_head(path: str) -> bool:
