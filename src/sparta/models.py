@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from huggingface_hub import try_to_load_from_cache
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 from transformers.utils import logging as hf_logging
 
 from sparta.adapter.config import DTYPES
@@ -348,3 +349,11 @@ def quiet_transformers():
         hf_logging.set_verbosity(level)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+def is_encoder(config: Any) -> bool:
+    """True for a bidirectional encoder (BERT, RoBERTa, DeBERTa, ...): a model type with a masked-LM head that is
+    not an encoder-decoder. Encoders read sentence pairs as pairs and pool the first token (their pooler)."""
+    return config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(
+        config, "is_encoder_decoder", False
+    )

@@ -26,7 +26,8 @@ DTYPES: dict[str, torch.dtype] = {
 DTYPE_NAMES = tuple(DTYPES)
 # how phi is encoded in an adapter file (see sparta.adapter.io)
 INDEX_FORMATS = ("seed", "coo16", "flat32")
-HEAD_MODULES = ("score", "classifier")  # default fully trained heads
+# default fully trained heads: the classification layer and, in encoders (BERT), the pooler that feeds it
+HEAD_MODULES = ("score", "classifier", "pooler")
 
 
 @dataclass
@@ -95,8 +96,8 @@ class SpartaConfig:
             k: check_density(v, f"density_overrides[{k!r}]") for k, v in self.density_overrides.items()
         }
         self.head_modules = list(self.head_modules)
-        if self.delta_dtype not in ("float32", "bfloat16", "float16"):
-            raise SpartaError(f"delta_dtype must be float32, bfloat16 or float16, got {self.delta_dtype!r}")
+        if self.delta_dtype not in DTYPES:
+            raise SpartaError(f"delta_dtype must be one of {', '.join(DTYPES)}, got {self.delta_dtype!r}")
         check_merge_mode(self.merge_mode)
 
     def density_for(self, module_name: str) -> float:

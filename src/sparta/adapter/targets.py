@@ -45,13 +45,19 @@ def is_head(name: str, heads: list[str]) -> bool:
     return any(_matches(h, name) for h in heads)
 
 
+def in_head(name: str, heads: list[str]) -> bool:
+    """Whether module `name` is a head or lies inside one (a head's own Linear layers are never sparse targets)."""
+    parts = name.split(".")
+    return any(is_head(".".join(parts[:i]), heads) for i in range(1, len(parts) + 1))
+
+
 def find_targets(model: nn.Module, config: SpartaConfig) -> list[AdaptedParam]:
     """The tensors SpaRTA adapts for `config`, in model order; a SpartaError if the targets match nothing."""
     in_blocks = _block_module_names(model)
     linear = [
         (n, m)
         for n, m in model.named_modules()
-        if isinstance(m, LINEAR_TYPES) and not is_head(n, config.head_modules)
+        if isinstance(m, LINEAR_TYPES) and not in_head(n, config.head_modules)
     ]
     if config.target_modules == ALL_LINEAR:
         chosen = [(n, m) for n, m in linear if n in in_blocks]

@@ -57,6 +57,12 @@ def open_adapter(path: str | Path) -> AdapterSource:
     document = read_adapter_config(adapter)
     if not document["heads"]:
         raise SpartaError(f"{adapter} has no trained head; merging keeps one head per task")
+    modules = sorted({n.rsplit(".", 1)[0] for n in document["heads"]})
+    if len(modules) > 1:
+        raise SpartaError(
+            f"{adapter}: its head has several modules ({', '.join(modules)}: an encoder's pooler and classifier); "
+            "merging keeps one linear head per task, so it takes decoder classifiers"
+        )
     for name, shape in document["heads"].items():
         if name.rsplit(".", 1)[-1] not in ("weight", "bias") or len(shape) > 2:
             raise SpartaError(

@@ -19,16 +19,25 @@ def collate(
     pad_id: int,
     padding_side: str = "right",
     labels: Sequence[int] | None = None,
+    token_type_ids: Sequence[Sequence[int]] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Pad a batch; with left padding, position ids restart at 0 on each sequence's first real token."""
+    """Pad a batch; with left padding, position ids restart at 0 on each sequence's first real token.
+
+    `token_type_ids` (an encoder's sentence-pair segments) are padded with 0 alongside.
+    """
     width = max(len(s) for s in sequences)
     input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    types = torch.zeros((len(sequences), width), dtype=torch.long) if token_type_ids is not None else None
     for row, seq in enumerate(sequences):
         span = slice(width - len(seq), width) if padding_side == "left" else slice(0, len(seq))
         input_ids[row, span] = torch.tensor(seq, dtype=torch.long)
         attention_mask[row, span] = 1
+        if types is not None:
+            types[row, span] = torch.tensor(token_type_ids[row], dtype=torch.long)
     batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if types is not None:
+        batch["token_type_ids"] = types
     if padding_side == "left":
         batch["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     if labels is not None:
@@ -65,8 +74,10 @@ def iter_batches(
     data: Any, batches: list[list[int]], pad_id: int, padding_side: str
 ) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
     """Yield (example indices, collated model inputs, no labels) for each batch of indices of `data`."""
+    types = getattr(data, "token_type_ids", None)
     for idx in batches:
-        yield idx, collate([data.input_ids[i] for i in idx], pad_id, padding_side)
+        segments = [types[i] for i in idx] if types is not None else None
+        yield idx, collate([data.input_ids[i] for i in idx], pad_id, padding_side, token_type_ids=segments)
 
 
 @torch.no_grad()

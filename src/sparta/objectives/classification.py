@@ -18,19 +18,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparta.adapter.config import HEAD_MODULES
 from sparta.errors import SpartaError
 from sparta.objectives.batching import collate, forward_batches
 from sparta.objectives.heads import init_base_head, init_instruct_head
-from sparta.tasks import compute_metrics, format_input
+from sparta.tasks import compute_metrics, field_texts, format_input
 
 
 @dataclass
 class Encoded:
-    """A tokenised split: token ids per example, the labels, and how many examples were dropped as too long."""
+    """A tokenised split: token ids per example, the labels, how many examples were dropped as too long, and for
+    an encoder's sentence pairs the segment ids."""
 
     input_ids: list[list[int]]
     labels: list[int]
     dropped: int = 0
+    token_type_ids: list[list[int]] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -67,14 +70,20 @@ def encode_split(
     template: str | None = None,
     max_length: int | None = None,
     truncate: bool = False,
+    encoder: bool = False,
 ) -> Encoded:
-    """Format and tokenise examples; longer than max_length: dropped (training) or left-truncated (truncate=True).
+    """Format and tokenise examples; longer than max_length: dropped (training) or truncated (truncate=True).
 
-    Left truncation keeps the end of the input, where an instruct prompt's generation marker sits.
+    Decoders are truncated from the left, keeping the end of the input, where an instruct prompt's generation
+    marker sits and the head pools. Encoders (`encoder=True`) pool the first token, so they are truncated from
+    the right; a two-field task without a template is given to them as a sentence pair (the tokenizer's pair
+    encoding, with segment ids), as they were pretrained, instead of one labelled text.
     """
+    labels = [int(ex["label"]) for ex in examples]
+    if encoder:
+        return _encode_for_encoder(examples, labels, task, tokenizer, template, max_length, truncate)
     texts = [format_input(task, ex, tokenizer, instruct=instruct, template=template) for ex in examples]
     ids = encode_texts(texts, tokenizer, add_special_tokens=not instruct)
-    labels = [int(ex["label"]) for ex in examples]
     if max_length is None:
         return Encoded(ids, labels)
     if truncate:
@@ -83,9 +92,27 @@ def encode_split(
     return Encoded([ids[i] for i in keep], [labels[i] for i in keep], dropped=len(ids) - len(keep))
 
 
+def _encode_for_encoder(examples, labels, task, tokenizer, template, max_length, truncate) -> Encoded:
+    if not examples:
+        return Encoded([], [])
+    cut = {"truncation": "longest_first", "max_length": max_length} if truncate and max_length else {}
+    if len(task.text_fields) == 2 and template is None:
+        first, second = task.text_fields
+        values = [field_texts(task, ex) for ex in examples]
+        out = tokenizer([v[first] for v in values], [v[second] for v in values], **cut)
+    else:
+        out = tokenizer([format_input(task, ex, template=template) for ex in examples], **cut)
+    ids = [list(x) for x in out["input_ids"]]
+    types = [list(x) for x in out["token_type_ids"]] if "token_type_ids" in out else None
+    keep = [i for i, seq in enumerate(ids) if truncate or max_length is None or len(seq) <= max_length]
+    return Encoded([ids[i] for i in keep], [labels[i] for i in keep], len(ids) - len(keep),
+                   [types[i] for i in keep] if types is not None else None)  # fmt: skip
+
+
 def batch_loss(model: nn.Module, data: Encoded, idx: list[int], pad_id: int, padding_side: str, device):
     """Summed cross-entropy of the examples `idx` (a 0-dim float32 tensor with a graph)."""
-    batch = collate([data.input_ids[i] for i in idx], pad_id, padding_side)
+    types = [data.token_type_ids[i] for i in idx] if data.token_type_ids is not None else None
+    batch = collate([data.input_ids[i] for i in idx], pad_id, padding_side, token_type_ids=types)
     labels = torch.tensor([data.labels[i] for i in idx], dtype=torch.long, device=device)
     logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
     return F.cross_entropy(logits, labels, reduction="sum")
@@ -119,7 +146,7 @@ class Classification:
         "classification"  # what `sparta.models.load_model` builds: AutoModelForSequenceClassification
     )
     peft_task_type = "SEQ_CLS"
-    head_modules = ("score",)  # trained fully by every method that has a head
+    head_modules = HEAD_MODULES  # trained fully by every method that has a head (those the model has)
 
     encode = staticmethod(encode_split)
     batch_loss = staticmethod(batch_loss)

@@ -26,16 +26,18 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from sparta.adapter.config import HEAD_MODULES
 from sparta.errors import SpartaError
 
-HEAD_NAMES = HEAD_MODULES  # the attribute names of a transformers sequence-classification head
+HEAD_NAMES = ("score", "classifier")  # the attribute of a transformers sequence-classification head
 
 
 def get_head(model: nn.Module) -> nn.Linear:
-    """The sequence-classification head of a transformers *ForSequenceClassification model."""
+    """The final linear layer of a transformers *ForSequenceClassification model's head (`score`, `classifier`,
+    or the `out_proj` of a RoBERTa-style classification head)."""
     for name in HEAD_NAMES:
         head = getattr(model, name, None)
+        if isinstance(getattr(head, "out_proj", None), nn.Linear):
+            return head.out_proj
         if isinstance(head, nn.Linear):
             return head
     raise SpartaError(f"{type(model).__name__} has no linear classification head ({' or '.join(HEAD_NAMES)})")

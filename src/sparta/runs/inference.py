@@ -27,7 +27,14 @@ def encode(loaded: Loaded, name: str, examples: list[dict], truncate: bool = Tru
     """Task `name`'s inputs for `examples`, tokenised as in training."""
     head = loaded.head(name)
     return loaded.objective.encode(
-        examples, head.spec, loaded.tokenizer, head.instruct, head.template, loaded.context, truncate
+        examples,
+        head.spec,
+        loaded.tokenizer,
+        head.instruct,
+        head.template,
+        loaded.context,
+        truncate,
+        encoder=loaded.encoder,
     )
 
 

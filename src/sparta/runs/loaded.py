@@ -23,7 +23,14 @@ from transformers import AutoConfig, AutoTokenizer
 from sparta.errors import SpartaError
 from sparta.fileio import read_json
 from sparta.methods import get_method
-from sparta.models import load_model, load_tokenizer, pick_device, quiet_transformers, resolve_model
+from sparta.models import (
+    is_encoder,
+    load_model,
+    load_tokenizer,
+    pick_device,
+    quiet_transformers,
+    resolve_model,
+)
 from sparta.objectives import get_objective
 from sparta.runs.layout import ADAPTER_DIR, MODEL_DIR, RUN_FILE, TOKENIZER_DIR, kind_of
 from sparta.runs.multihead import MultiHeadModel, read_merged
@@ -91,6 +98,11 @@ class Loaded:
         config = self.model.backbone.config if self.kind == "merged" else self.model.config
         return getattr(config, "max_position_embeddings", None)
 
+    @property
+    def encoder(self) -> bool:
+        """A bidirectional encoder (sentence pairs encoded as pairs, truncated from the right)."""
+        return self.kind != "merged" and is_encoder(self.model.config)
+
     def forward(self, tasks: list[str]) -> Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
         """A function from model inputs to {task: logits}, one backbone pass for all of `tasks`."""
         if self.kind == "merged":
@@ -114,7 +126,10 @@ def open_model(
         else {}
     )
     if kind == "name" and task is None:
-        raise SpartaError(f"{path} is not a run or model directory; to use it as a base model, pass --task")
+        raise SpartaError(
+            f"{path} is not a directory holding a run, a merged model or a model; to use a model name as a base "
+            "model, pass --task"
+        )
     dev, torch_dtype = pick_device(device, dtype)
     spec = _task_from(info, task)
     objective = get_objective(info.get("objective", "classification"))

@@ -2,7 +2,7 @@
 
 from sparta.tasks.data import filter_by_length, load_splits, resolve_data_dir
 from sparta.tasks.metrics import compute_metrics
-from sparta.tasks.prompts import format_input
+from sparta.tasks.prompts import field_texts, format_input
 from sparta.tasks.specs import TaskSpec, build_task, custom_task, get_task, label_words, list_tasks
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "build_task",
     "compute_metrics",
     "custom_task",
+    "field_texts",
     "filter_by_length",
     "format_input",
     "get_task",

@@ -40,7 +40,7 @@ def format_input(
     lines) that replaces the default text, e.g. "Review: {text}\\nIs it positive? Answer Yes or No.".
     """
     task = get_task(task)
-    values = _values(task, example)
+    values = field_texts(task, example)
     if template is not None:
         try:
             body = template.format(**values, instruction=task.instruction)
@@ -66,7 +66,7 @@ def format_input(
     )
 
 
-def _values(task: TaskSpec, example: dict) -> dict[str, str]:
+def field_texts(task: TaskSpec, example: dict) -> dict[str, str]:
     """Every field of the example as display text (lists as lettered lines), checking the task's text fields exist."""
     for f in task.text_fields:
         if f not in example:

@@ -16,7 +16,14 @@ from torch import nn
 
 from sparta.errors import SpartaError
 from sparta.methods import Method, count_parameters, get_method, set_dropout
-from sparta.models import load_model, load_tokenizer, pick_device, quiet_transformers, resolve_model
+from sparta.models import (
+    is_encoder,
+    load_model,
+    load_tokenizer,
+    pick_device,
+    quiet_transformers,
+    resolve_model,
+)
 from sparta.objectives import objective_for
 from sparta.runs.layout import prepare_output
 from sparta.tasks import build_task, format_input, load_splits
@@ -65,7 +72,8 @@ def load_model_and_tokenizer(model: str, objective, num_labels: int, dtype: torc
     return resolved, net, tokenizer
 
 
-def encode_splits(cfg: TrainConfig, objective, task, tokenizer, instruct: bool, context: int | None):
+def encode_splits(cfg: TrainConfig, objective, task, tokenizer, instruct: bool, context: int | None,
+                  encoder: bool = False):  # fmt: skip
     """(raw splits, encoded splits, max length): training examples over the max length are dropped, dev and test
     examples are truncated to the model's context instead."""
     splits = load_splits(
@@ -80,9 +88,11 @@ def encode_splits(cfg: TrainConfig, objective, task, tokenizer, instruct: bool, 
     max_length = cfg.max_length or task.max_length
     encode = objective.encode
     enc = {
-        "train": encode(splits["train"], task, tokenizer, instruct, cfg.template, max_length),
+        "train": encode(
+            splits["train"], task, tokenizer, instruct, cfg.template, max_length, encoder=encoder
+        ),
         **{
-            s: encode(splits[s], task, tokenizer, instruct, cfg.template, context, True)
+            s: encode(splits[s], task, tokenizer, instruct, cfg.template, context, True, encoder=encoder)
             for s in ("dev", "test")
         },
     }
@@ -130,7 +140,8 @@ def set_up(cfg: TrainConfig, rt: Runtime) -> Setup:
                                                           cfg.padding_side)  # fmt: skip
     instruct = bool(getattr(resolved, "instruct", False))
     context = getattr(model.config, "max_position_embeddings", None)
-    splits, enc, max_length = encode_splits(cfg, objective, task, tokenizer, instruct, context)
+    encoder = is_encoder(model.config)  # sentence pairs as pairs, truncated from the right
+    splits, enc, max_length = encode_splits(cfg, objective, task, tokenizer, instruct, context, encoder)
     prompt = (
         format_input(task, splits["train"][0], tokenizer, instruct=True, template=cfg.template)
         if instruct
