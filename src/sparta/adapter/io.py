@@ -25,6 +25,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from sparta.adapter.config import DTYPES, INDEX_FORMATS, SpartaConfig
 from sparta.adapter.fingerprint import check_fingerprint, model_fingerprint
@@ -41,8 +42,6 @@ FORMAT_VERSION = 1
 def _full(t: torch.Tensor) -> torch.Tensor:
     """The whole tensor, detached: a parameter sharded by FSDP2 (a DTensor) is all-gathered, a collective, so
     under FSDP every rank must call `save_adapter` (each with its own `path`, or only rank 0 keeping its files)."""
-    from torch.distributed.tensor import DTensor
-
     t = t.detach()
     return t.full_tensor() if isinstance(t, DTensor) else t
 

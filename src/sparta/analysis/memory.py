@@ -18,8 +18,16 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    PretrainedConfig,
+)
 
+from sparta.adapter import SpartaConfig, find_targets, get_sparta_model
 from sparta.errors import SpartaError
+from sparta.models import resolve_model
 
 GB = 1e9
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
@@ -150,10 +158,6 @@ def check_density(density: float) -> float:
 
 def load_config(model: str | Path) -> Any:
     """The HF config of a registry alias, a local model directory or a hub id (offline: from the local cache)."""
-    from transformers import AutoConfig
-
-    from sparta.models import resolve_model
-
     resolved = resolve_model(str(model))
     try:
         return AutoConfig.from_pretrained(resolved.path)
@@ -176,8 +180,6 @@ def size_model(
     `model`: a local directory, a known model name, a hub id, or a transformers config object.
     `targets`: "all-linear" (every Linear inside the transformer blocks) or module-name suffixes, as SpartaConfig.
     """
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, PretrainedConfig
-
     config = model if isinstance(model, PretrainedConfig) else load_config(model)
     name = str(model) if not isinstance(model, PretrainedConfig) else type(config).__name__
     config.num_labels = num_labels
@@ -202,8 +204,6 @@ def size_module(
     dtype: str | None = None,
 ) -> ModelSize:
     """Parameter counts of a (meta or real) model, with the targets chosen by the core's `find_targets`."""
-    from sparta.adapter import SpartaConfig, find_targets
-
     if isinstance(targets, str) and targets != "all-linear":
         targets = [t.strip() for t in targets.split(",") if t.strip()]
     found = find_targets(
@@ -276,8 +276,6 @@ def measure_training_state(
     Measured: trainable parameters + their grads + AdamW state tensors + the SpaRTA modules' buffers + the
     core's saved head copy; frozen: the other parameters. Predicted with the actual number of positions m.
     """
-    from sparta.adapter import SpartaConfig, get_sparta_model
-
     density = check_density(density)
     size = size_module(model, name, targets)
     config = SpartaConfig(

@@ -7,6 +7,7 @@ import json
 
 from sparta.analysis import memory as mem
 from sparta.errors import SpartaError
+from sparta.models import load_model, resolve_model
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -76,8 +77,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _measure(args: argparse.Namespace, density: float) -> dict:
-    from sparta.models import load_model, resolve_model
-
     dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(args.dtype or "")
     model = load_model(
         resolve_model(args.model), task="classification", num_labels=args.num_labels, dtype=dtype

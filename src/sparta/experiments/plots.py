@@ -11,6 +11,7 @@ from sparta.experiments.recipes import Recipe
 
 
 def _pyplot():
+    # imported on first use: the Agg backend must be chosen before pyplot loads, and only plotting needs it
     import matplotlib
 
     matplotlib.use("Agg")

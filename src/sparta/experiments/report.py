@@ -16,6 +16,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from sparta.experiments import plots
 from sparta.experiments.recipes import Recipe
 from sparta.experiments.runner import MERGED_DIR
 from sparta.runs.layout import RESULTS_FILE
@@ -246,8 +249,6 @@ def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Non
 
 
 def hardware() -> str:
-    import torch
-
     cuda = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
     return f"{platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores{cuda}, torch {torch.__version__}"
 
@@ -274,8 +275,6 @@ def _span(values: list) -> str:
 
 def build_report(recipe: Recipe, scale: str, output: str | Path, model: str | None = None) -> str:
     """Write OUTPUT/report.md, cells.csv, summary.csv and the plots; return the Markdown."""
-    from sparta.experiments import plots
-
     output = Path(output)
     model = recipe.model(scale, model)
     records = collect(recipe, output)

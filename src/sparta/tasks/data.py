@@ -9,6 +9,7 @@ import numpy as np
 
 from sparta.errors import SpartaError
 from sparta.tasks.files import read_records
+from sparta.tasks.prompts import format_input
 from sparta.tasks.specs import TaskSpec, get_task
 
 SPLIT_SEED = 20240901  # fixed: the dev carve and eval subsets do not depend on the training seed
@@ -84,8 +85,6 @@ def filter_by_length(
     """Drop examples whose formatted input is longer than ``max_length`` (default ``task.max_length``) tokens,
     as the paper does for training data. Tokenized as the trainer should: special tokens added for base models,
     none for instruct models (the chat template already holds them)."""
-    from sparta.tasks.prompts import format_input
-
     task = get_task(task)
     limit = max_length or task.max_length
     texts = [format_input(task, ex, tokenizer, instruct=instruct, template=template) for ex in examples]
@@ -133,7 +132,7 @@ def _reader(task: TaskSpec, data_dir):
 
 
 def _hub(task: TaskSpec, split: str, name: str) -> list[dict]:
-    try:
+    try:  # optional (the `data` extra): only loading from the hub needs it
         import datasets
     except ImportError as e:
         raise SpartaError(

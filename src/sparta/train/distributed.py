@@ -39,7 +39,10 @@ class Runtime:
     @classmethod
     def from_launch(cls, device: str | None) -> Runtime:
         """The accelerate state of this launch; `--device cpu` (or no CUDA) forces the CPU/gloo backend."""
-        from accelerate import Accelerator, DistributedDataParallelKwargs
+        from accelerate import (
+            Accelerator,
+            DistributedDataParallelKwargs,
+        )  # only multi-process launches need it
 
         cpu = device == "cpu" or not torch.cuda.is_available()
         # Buffers never change during training (no batch norm in these LMs): skip the per-forward broadcast.
@@ -120,12 +123,12 @@ class Runtime:
             yield
             return
         if str(self.accelerator.distributed_type).upper().endswith("DEEPSPEED"):
-            import deepspeed
+            import deepspeed  # optional: only a DeepSpeed launch gets here
 
             with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
                 yield
             return
-        from torch.distributed.fsdp import FSDPModule
+        from torch.distributed.fsdp import FSDPModule  # only a sharded launch gets here
 
         units = [m for m in model.modules() if isinstance(m, FSDPModule)]
         for unit in units:

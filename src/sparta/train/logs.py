@@ -43,7 +43,7 @@ class RunLogger:
         self._csv.writerows(kept)
         self._tb = None
         if tensorboard:
-            try:
+            try:  # optional: tensorboard may not be installed
                 from torch.utils.tensorboard import SummaryWriter
 
                 purge = None if resume_step is None else resume_step + 1
