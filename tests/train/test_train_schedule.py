@@ -3,7 +3,7 @@
 import pytest
 
 from sparta.train.config import TrainConfig
-from sparta.train.loop import Schedule
+from sparta.train.schedule import Schedule
 
 
 @pytest.mark.parametrize(

@@ -40,6 +40,7 @@ from sparta.train.results import (
     prepare_output,
     write_json,
 )
+from sparta.train.schedule import Schedule
 
 SPLITS = ("train", "dev", "test")
 
@@ -333,26 +334,6 @@ def encode_splits(cfg: TrainConfig, task, tokenizer, instruct: bool, context: in
         f"dev {len(enc['dev'])}, test {len(enc['test'])}; {'instruct' if instruct else 'base'} model {cfg.model}"
     )
     return splits, enc, max_length
-
-
-@dataclass
-class Schedule:
-    """How many optimizer steps a run takes, and when it warms up and evaluates."""
-
-    global_batch: int
-    steps_per_epoch: int
-    total_steps: int
-    warmup: int
-    eval_every: int
-
-    @classmethod
-    def plan(cls, cfg: TrainConfig, n_train: int, world: int) -> Schedule:
-        """Each step takes a global batch of batch_size examples per process, times grad_accum."""
-        global_batch = cfg.batch_size * world
-        steps_per_epoch = max(1, math.ceil(math.ceil(n_train / global_batch) / cfg.grad_accum))
-        total = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
-        warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_ratio * total)
-        return cls(global_batch, steps_per_epoch, total, warmup, cfg.eval_every or steps_per_epoch)
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, plan: Schedule):
