@@ -30,6 +30,7 @@ from sparta.train import methods as M
 from sparta.train.config import TrainConfig
 from sparta.train.distributed import Runtime, launched_distributed
 from sparta.train.heads import init_base_head, init_instruct_head
+from sparta.train.rates import resolve_lr
 from sparta.train.results import (
     RESULTS_FILE,
     RUN_FILE,
@@ -410,6 +411,11 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     rt = Runtime.from_launch(cfg.device) if launched_distributed() else Runtime.single()
     if not rt.is_main:
         log = _quiet
+    cfg, lr_note = resolve_lr(
+        cfg
+    )  # lr None: the method's default, which the run uses and results.json records
+    if lr_note:
+        log(lr_note)
     output, ckpt = open_run(cfg, rt, log)
     seed_everything(cfg.seed)
     device, dtype = pick_device(cfg.device, cfg.dtype)
