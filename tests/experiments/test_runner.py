@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from sparta.experiments import build_report, load_recipe, run_experiment
 from sparta.train import train
+from sparta.train.config import TrainConfig, load_yaml
 
 KEYS = ["toy/sparta/seed0", "toy/sparta/seed1", "toy/head/seed0", "toy/head/seed1"]
 
@@ -67,14 +69,28 @@ def test_interrupted_grid_resumes_with_the_cells_left(recipe_file, tmp_path):
     assert not (out / "toy/head/seed0" / "log.csv").read_text().startswith("partial")
 
 
-def test_a_cell_runs_as_sparta_train_in_a_subprocess(recipe_file, tmp_path):
+def test_a_cell_runs_from_its_yaml_file_in_a_subprocess(recipe_file, tmp_path):
     recipe = load_recipe(recipe_file)
     out = tmp_path / "out"
-    summary = run_experiment(recipe, "cpu", out, only=["head"], seeds=[1], log=lambda m: None)
+    summary = run_experiment(recipe, "cpu", out, only=["head"], seeds=[1], overrides={"extra": {"note": "kept"}},
+                             log=lambda m: None)  # fmt: skip
     assert summary.ran == ["toy/head/seed1"], summary.failed
     cell = out / "toy/head/seed1"
-    assert json.loads((cell / "results.json").read_text())["method"] == "head"
-    assert (cell / "train.log").read_text().startswith("sparta train --task custom --method head")
+    results = json.loads((cell / "results.json").read_text())
+    assert results["method"] == "head" and results["config"]["extra"] == {
+        "note": "kept"
+    }  # YAML carries extra
+    assert results["config"]["lr"] == 0.03  # the recipe's rate, not a default
+    assert TrainConfig.from_dict(load_yaml(cell / "cell.yaml")).to_dict() == {**results["config"]}
+    assert (cell / "train.log").read_text().startswith(f"sparta train --config {cell / 'cell.yaml'}\n")
+
+
+def test_nothing_in_experiments_imports_the_cli():
+    import sparta.experiments
+
+    package = Path(sparta.experiments.__file__).parent
+    for path in package.glob("*.py"):
+        assert "sparta.cli" not in path.read_text(), path
 
 
 def test_a_failing_cell_is_reported_and_the_grid_goes_on(recipe_file, tmp_path):

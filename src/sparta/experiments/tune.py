@@ -24,7 +24,9 @@ from typing import Any
 from sparta.errors import SpartaError
 from sparta.experiments.recipes import Cell
 from sparta.experiments.runner import is_done, run_cell
+from sparta.train.config import TrainConfig
 from sparta.train.results import RESULTS_FILE, write_json
+from sparta.train.schedule import Schedule
 
 DEFAULT_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
 TUNE_FILE = "tune.json"
@@ -72,11 +74,8 @@ def _eval_every(settings: dict[str, Any], samples: int | None) -> int:
     """The base run's eval_every, else about four dev evaluations per run (the gap and early stopping need them)."""
     if settings.get("eval_every"):
         return int(settings["eval_every"])
-    per_step = int(settings.get("batch_size", 16)) * int(settings.get("grad_accum", 1))
-    steps = settings.get("max_steps") or math.ceil(
-        (samples or 1000) * float(settings.get("epochs", 1.0)) / per_step
-    )
-    return max(1, int(steps) // 4)
+    cfg = TrainConfig.from_dict({**settings, "eval_every": None}, source="tune-density")
+    return max(1, Schedule.plan(cfg, samples or 1000).total_steps // 4)
 
 
 def tune_density(
