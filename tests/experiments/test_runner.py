@@ -151,3 +151,29 @@ def test_a_cell_finished_meanwhile_by_another_run_is_kept_not_retrained(recipe_f
     assert summary.ran == KEYS[:3] and summary.skipped == [KEYS[3]]
     assert json.loads((out / KEYS[3] / "results.json").read_text())["method"] == "head"
     assert (out / KEYS[3] / "results.json").stat().st_mtime_ns == finished["mtime"]
+
+
+def test_a_merging_recipe_merges_its_cells_through_the_library(recipe_file, tmp_path, toy):
+    import yaml
+
+    doc = yaml.safe_load(recipe_file.read_text())
+    task = doc["scales"]["cpu"]["tasks"]["toy"]
+    doc.update(kind="merging", tasks=["toy-a", "toy-b"], merge={"row": "sparta", "split": "test"})
+    doc["scales"]["cpu"]["tasks"] = {"toy-a": task, "toy-b": task}
+    doc["scales"]["cpu"]["seeds"] = [0]
+    path = tmp_path / "merging.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "out"
+    lines: list[str] = []
+    summary = run_experiment(
+        load_recipe(path), "cpu", out, only=["sparta"], isolation="process", log=lines.append
+    )
+    assert summary.merged == ["merged/sparta/seed0"] and not summary.failed, summary
+    merged = json.loads((out / "merged/sparta/seed0/merged.json").read_text())
+    assert len(merged["tasks"]) == 2 and merged["eval"]["split"] == "test"
+    assert all({"merged", "single"} <= set(m) for m in merged["eval"]["tasks"].values())
+    assert any(line.startswith("sparta merge ") and "--eval" in line for line in lines)
+    again = run_experiment(
+        load_recipe(path), "cpu", out, only=["sparta"], isolation="process", log=lines.append
+    )
+    assert again.merged == [] and "merged/sparta/seed0" in again.skipped

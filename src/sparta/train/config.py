@@ -188,7 +188,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            setattr(self, f.name, O.convert_field(TrainConfig, f.name, getattr(self, f.name), f.name))
+            setattr(self, f.name, O.convert_field(type(self), f.name, getattr(self, f.name), f.name))
         self.validate()
 
     def validate(self) -> None:

@@ -77,6 +77,8 @@ class Kind:
             "dict": "a mapping",
             "bool|str": "true, false or a path",
         }[self.base]
+        if self.optional and self.base == "bool|str":
+            return "true, false, a path or none"
         return text + (" or none" if self.optional else "")
 
     def metavar(self) -> str:
@@ -161,7 +163,9 @@ def convert_field(cls: type, name: str, value: Any, where: str) -> Any:
     try:
         return convert(kind, value)
     except (ValueError, TypeError, OverflowError):
-        raise SpartaError(f"{where}: expected {kind.describe()}, got {value!r}") from None
+        unset = value is None or (isinstance(value, str) and value.strip().lower() in _NONE)
+        why = " (this setting cannot be unset)" if unset else ""
+        raise SpartaError(f"{where}: expected {kind.describe()}, got {value!r}{why}") from None
 
 
 def coerce(cls: type, values: dict[str, Any], where: Any = "{}") -> dict[str, Any]:
@@ -234,6 +238,10 @@ def to_argv(obj: Any, always: tuple[str, ...] = ()) -> list[str]:
             continue
         if "const" in meta and not meta["optional_value"]:
             raise SpartaError(f"{f.name}={value!r} has no command-line flag; give it in a YAML file")
+        if isinstance(value, str) and value.strip().lower() in _NONE:  # would read back as None
+            raise SpartaError(
+                f"{f.name}: the text {value!r} has no command-line spelling; give it in a YAML file"
+            )
         if isinstance(value, list) and any("," in str(v) for v in value):
             raise SpartaError(f"{f.name}: the items of {value!r} hold commas; give it in a YAML file")
         text = _text(value)
