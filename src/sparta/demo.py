@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from sparta.train import train
     from sparta.train.config import TrainConfig
+    from sparta.train.rates import format_lr
 
     cfg = TrainConfig(
         task="sst2",
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("SpaRTA demo: SmolLM2-135M-Instruct, SST-2, Wv+Wo at the LoRA r=8 parameter budget")
     print(f"  training examples    {results['data']['train']} (1 epoch, {results['steps']} steps, "
-          f"lr {results['config']['lr']:g})")  # fmt: skip
+          f"lr {format_lr(results['config']['lr'])})")  # fmt: skip
     print(f"  trainable parameters {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
     if zero:
         print(f"  dev accuracy before  {zero['accuracy']:.3f}  (zero-shot head from the 'No'/'Yes' LM rows)")
