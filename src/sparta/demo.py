@@ -7,6 +7,7 @@ training, the trainable parameters and the adapter's size. The full CLI is `spar
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 from sparta.errors import SpartaError
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from sparta.train import train
     from sparta.train.config import TrainConfig
+    from sparta.train.rates import format_lr
 
     cfg = TrainConfig(
         task="sst2",
@@ -43,14 +45,14 @@ def main(argv: list[str] | None = None) -> int:
         max_eval_samples=args.eval_samples,
         epochs=1,
         batch_size=16,
-        lr=1e-3,
-        warmup_ratio=0.1,
+        warmup_ratio=0.1,  # lr: not given, so the default of `sparta train` (3e-3 at this density)
         data_dir=args.data_dir,
         output=args.output,
         overwrite=True,
         save_index_format="seed",
         save_delta_dtype="bfloat16",
     )
+    print("the same run: sparta train " + shlex.join(cfg.to_argv()))
     try:
         results = train(cfg)
     except SpartaError as err:
@@ -63,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     trainable, total = results["trainable_params"], results["total_params"]
     print()
     print("SpaRTA demo: SmolLM2-135M-Instruct, SST-2, Wv+Wo at the LoRA r=8 parameter budget")
-    print(f"  training examples    {results['data']['train']} (1 epoch, {results['steps']} steps)")
+    print(f"  training examples    {results['data']['train']} (1 epoch, {results['steps']} steps, "
+          f"lr {format_lr(results['config']['lr'])})")  # fmt: skip
     print(f"  trainable parameters {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
     if zero:
         print(f"  dev accuracy before  {zero['accuracy']:.3f}  (zero-shot head from the 'No'/'Yes' LM rows)")

@@ -100,6 +100,44 @@ def test_missing_columns_and_labels_out_of_range(toy, tmp_path, capsys):
     _fails(capsys, argv, "label 5 out of range")
 
 
+@pytest.mark.parametrize(
+    ("extra", "needles"),
+    [
+        (("--max-steps", "0"), ("max_steps must be >= 1, got 0",)),
+        (("--lr", "inf"), ("--lr", "finite", "'inf'")),
+        (("--lr", "nan"), ("--lr", "finite", "'nan'")),
+        (("--warmup-ratio", "nan"), ("--warmup-ratio", "finite")),
+        (("--lr", "abc"), ("--lr", "'abc'")),
+    ],
+)
+def test_settings_that_cannot_train_are_refused_before_loading_anything(
+    toy, tmp_path, capsys, extra, needles
+):
+    _fails(capsys, _train_argv(toy, tmp_path / "x", *extra), *needles)
+    assert not (tmp_path / "x").exists()  # refused at config validation, before the output dir or the model
+
+
+def test_bad_yaml_values_and_missing_config_files(toy, tmp_path, capsys, monkeypatch):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lr: abc\n")
+    _fails(capsys, _train_argv(toy, tmp_path / "x", "--config", str(bad)), str(bad), "lr", "'abc'", "number")
+    monkeypatch.chdir(tmp_path)
+    err = _fails(capsys, _train_argv(toy, tmp_path / "x", "--config", "configs/x.yaml"), "does not exist")
+    assert str(tmp_path / "configs" / "x.yaml") in err and "relative" in err and "current directory" in err
+
+
+def test_python_m_sparta_train_reports_bad_input_as_one_line(tmp_path, capsys):
+    from sparta.train.__main__ import main as train_main
+
+    bad = tmp_path / "cell.yaml"
+    bad.write_text("method: sparta\nmax_steps: 0\n")
+    assert train_main([str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("sparta train: error: max_steps must be >= 1"), err
+    assert train_main([str(tmp_path / "none.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
 def test_empty_training_set_after_length_filter(toy, tmp_path, capsys):
     _fails(
         capsys, _train_argv(toy, tmp_path / "x", "--max-length", "2"), "longer than 2 tokens", "--max-length"

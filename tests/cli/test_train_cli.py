@@ -74,6 +74,20 @@ def test_other_methods_save_something_eval_can_rebuild(toy, tmp_path, capsys, me
         assert "custom" in capsys.readouterr().err
 
 
+def test_without_lr_the_default_is_used_logged_and_recorded(toy, tmp_path, capsys):
+    from sparta.train.rates import default_lr
+
+    root, model, files = toy
+    out = tmp_path / "default-lr"
+    argv = ["train", "--task", "custom", "--train-file", str(files["train"]), "--model", str(model),
+            "--method", "head", "--max-steps", "1", "--batch-size", "8", "--output", str(out), "--no-progress",
+            "--no-zero-shot"]  # fmt: skip
+    assert main(argv) == 0
+    expected = default_lr("head", "classification").lr
+    assert json.loads((out / "results.json").read_text())["config"]["lr"] == expected
+    assert "lr 1e-3: the default for head (classification" in capsys.readouterr().out
+
+
 def test_bad_inputs_are_one_line_errors(toy, tmp_path, capsys):
     root, model, files = toy
     assert (

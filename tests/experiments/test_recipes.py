@@ -1,4 +1,5 @@
-"""Every shipped recipe loads and expands to its documented cells at both scales; cells round-trip as CLI flags."""
+"""Every shipped recipe loads and expands to its documented cells at both scales; cells round-trip as CLI flags
+and as the YAML file a cell runs from."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import argparse
 import pytest
 
 from sparta.errors import SpartaError
-from sparta.experiments import expand, list_recipes, load_recipe, train_argv
+from sparta.experiments import expand, list_recipes, load_recipe
 from sparta.experiments.recipes import estimate_seconds, parse_overrides
-from sparta.train.config import add_train_arguments, config_from_args
+from sparta.experiments.runner import write_cell_config
+from sparta.train.config import TrainConfig, add_train_arguments, config_from_args, load_yaml
 
 SHIPPED = {"imdb", "glue", "merging", "targeting", "density-sweep"}
 AVAILABLE = ("sst2", "cola", "mrpc", "rte", "imdb")
@@ -45,7 +47,9 @@ def test_recipe_expands_to_rows_x_tasks_x_seeds(name, scale, data_dir, tmp_path)
     add_train_arguments(parser)
     for cell in cells:
         cfg = cell.config(tmp_path)
-        assert config_from_args(parser.parse_args(train_argv(cfg))) == cfg, cell.key
+        assert config_from_args(parser.parse_args(cfg.to_argv())) == cfg, cell.key
+        path = write_cell_config(cfg, tmp_path / "cell.yaml")
+        assert TrainConfig.from_dict(load_yaml(path)) == cfg, cell.key
         assert cfg.model == recipe.scale(scale)["model"] and cfg.seed == cell.seed
         assert estimate_seconds(cell, recipe.scale(scale).get("tokens_per_example")) > 0
     if scale == "cpu":
@@ -113,3 +117,15 @@ def test_budget_rows_get_equal_delta_counts(toy):
     assert cells[0].settings["density"] == pytest.approx(0.01)
     for cell, size in zip(cells, sizes, strict=True):
         assert cell.settings["density"] * size == pytest.approx(0.01 * sizes[0])
+
+
+def test_the_estimate_counts_the_training_loops_own_steps():
+    from sparta.experiments.recipes import TRAIN_S_PER_TOKEN, Cell, estimate_parts
+    from sparta.train.schedule import Schedule
+
+    settings = {"task": "sst2", "method": "sparta", "max_train_samples": 100, "batch_size": 16, "grad_accum": 2,
+                "epochs": 2.5}  # fmt: skip
+    plan = Schedule.plan(TrainConfig(**settings), 100)
+    assert plan.total_steps == 10  # 7 micro-batches -> 4 steps per epoch, 2.5 epochs round up to 10
+    train_seconds, _ = estimate_parts(Cell("sst2", "r", 0, "r", settings), {"sst2": 10})
+    assert train_seconds == pytest.approx(10 * plan.total_steps * 16 * 2 * TRAIN_S_PER_TOKEN)

@@ -30,7 +30,7 @@ def test_tune_recommends_a_density_it_tried_and_resumes(toy, tmp_path):
     out = tmp_path / "tune"
     grid = [0.01, 0.1, 0.5]
     result = tune_density(base(toy), out, grid=grid, budget_runs=5, small_samples=24, large_samples=48,
-                          finalists=1, isolation="process", log=lambda m: None)  # fmt: skip
+                          finalists=1, isolation="process")  # fmt: skip
     stages = [r["stage"] for r in result["runs"]]
     assert stages == ["coarse"] * 3 + ["refine"] + ["final"]
     coarse_best = min(result["runs"][:3], key=lambda r: r["dev_loss"])["density"]
@@ -50,7 +50,7 @@ def test_tune_recommends_a_density_it_tried_and_resumes(toy, tmp_path):
         raise AssertionError("a finished run was trained again")
 
     again = tune_density(base(toy), out, grid=grid, budget_runs=5, small_samples=24, large_samples=48,
-                         finalists=1, isolation="process", train_fn=no_training, log=lambda m: None)  # fmt: skip
+                         finalists=1, isolation="process", train_fn=no_training)  # fmt: skip
     assert again["recommended_density"] == result["recommended_density"]
 
 

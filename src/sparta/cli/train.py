@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 
 EPILOG = """examples:
-  sparta train --task sst2 --method sparta --density 0.005 --targets v_proj,o_proj \\
-      --max-train-samples 2000 --epochs 1 --batch-size 16 --lr 1e-4 --output runs/sst2-sparta
-  sparta train --config configs/sst2_lora.yaml --lr 2e-4 --output runs/sst2-lora
+  sparta train --task sst2 --method sparta --density 0.0347 --targets v_proj,o_proj \\
+      --max-train-samples 2000 --epochs 1 --batch-size 16 --warmup-ratio 0.1 --output runs/sst2-sparta
+  sparta train --config configs/sst2_lora.yaml --seed 1 --output runs/sst2-lora-1
   sparta train --task custom --train-file train.jsonl --test-file test.jsonl --method head --output runs/mine
 
 YAML keys are the long option names (dashes or underscores); flags given on the command line win.
+Without --lr the method's default rate is used (README: Default learning rates); the log says which.
 The output dir gets results.json, run.json, log.csv, tb/, tokenizer/ and adapter/ (full: model/)."""
 
 

@@ -2,7 +2,7 @@
 
 from sparta.experiments.recipes import Cell, Recipe, expand, list_recipes, load_recipe
 from sparta.experiments.report import build_report, update_results_md
-from sparta.experiments.runner import RunSummary, run_experiment, train_argv
+from sparta.experiments.runner import RunSummary, run_experiment
 from sparta.experiments.tune import tune_density
 
 __all__ = [
@@ -14,7 +14,6 @@ __all__ = [
     "list_recipes",
     "load_recipe",
     "run_experiment",
-    "train_argv",
     "tune_density",
     "update_results_md",
 ]

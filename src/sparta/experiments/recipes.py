@@ -27,6 +27,7 @@ import yaml
 
 from sparta.errors import SpartaError
 from sparta.train.config import TrainConfig
+from sparta.train.schedule import Schedule
 
 RECIPE_DIR = Path(__file__).resolve().parents[3] / "experiments"
 SCALES = ("cpu", "paper")
@@ -333,13 +334,9 @@ def estimate_parts(cell: Cell, tokens_per_example: dict[str, int] | None = None)
         n_dev, n_test = min(n_dev, cfg.max_eval_samples), min(n_test, cfg.max_eval_samples)
     tokens = (tokens_per_example or {}).get(cell.task) or DEFAULT_TOKENS.get(name, 60)
     train_tokens, eval_tokens = tokens if isinstance(tokens, list | tuple) else (tokens, tokens)
-    per_step = cfg.batch_size * cfg.grad_accum
-    steps = cfg.max_steps or max(
-        1, math.ceil(math.ceil(n_train / cfg.batch_size) / cfg.grad_accum * cfg.epochs)
-    )
-    steps_per_epoch = max(1, math.ceil(n_train / per_step))
-    n_evals = math.ceil(steps / (cfg.eval_every or steps_per_epoch))
-    train_examples = steps * per_step
+    plan = Schedule.plan(cfg, n_train)  # the training loop's own step count (one process)
+    n_evals = plan.evaluations if n_dev else 0
+    train_examples = plan.total_steps * cfg.batch_size * cfg.grad_accum
     eval_examples = n_evals * n_dev + n_test + (n_dev + n_test if cfg.zero_shot else 0)
     factor = METHOD_COST.get(cfg.method, 1.0)
     return (

@@ -1,22 +1,26 @@
-"""Running a recipe's grid: one `sparta train` per cell into OUTPUT/<task>/<row>/seed<k>/, resumable.
+"""Running a recipe's grid: one training run per cell into OUTPUT/<task>/<row>/seed<k>/, resumable.
 
-A cell whose results.json exists is finished and skipped, so an interrupted grid resumes where it stopped (a
-half-written cell, without results.json, is cleared and run again). Cells run in a subprocess by default: each
-gets a fresh process, so its peak memory (the process's max RSS on CPU) and its wall time are its own, and a crash
-or an out-of-memory kill loses one cell, not the grid. `isolation="process"` runs them in this process (tests).
+Each cell's settings are written to its directory as `cell.yaml` (every TrainConfig field, `extra` included) and
+the run reads them from there: in a subprocess by default (`python -m sparta.train cell.yaml`, the library's entry
+point: the same run as `sparta train --config cell.yaml`), so its peak memory (the process's max RSS on CPU) and
+its wall time are its own, and a crash or an out-of-memory kill loses one cell, not the grid;
+`isolation="process"` runs it in this process (tests). A cell whose results.json exists is finished and
+skipped, so an interrupted grid resumes where it stopped (a half-written cell, without results.json, is
+cleared and run again).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import logging
+import shlex
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,48 +34,33 @@ from sparta.experiments.recipes import (
     measured_speed_factor,
     resolve_budgets,
 )
-from sparta.runs.layout import RESULTS_FILE
-from sparta.train.config import TrainConfig
+from sparta.fileio import atomic_file, read_json, write_json
+from sparta.merging import compare_with_single, merge_adapters
+from sparta.runs.layout import MERGED_FILE, RESULTS_FILE
+from sparta.train.config import TrainConfig, load_yaml
 
+logger = logging.getLogger(__name__)
 CELL_LOG = "train.log"
+CELL_CONFIG = "cell.yaml"
 MERGED_DIR = "merged"
-_ENTRY = "import sys; from sparta.cli import main; sys.exit(main())"
-_FLAG_BOOLS = {"zero_shot": "--no-zero-shot", "progress": "--no-progress"}
 
 
-def train_argv(cfg: TrainConfig) -> list[str]:
-    """The `sparta train` arguments that reproduce `cfg` (settings equal to the defaults are left out)."""
-    if cfg.extra:
-        raise SpartaError("recipe cells cannot carry `extra` settings through the command line")
-    default = TrainConfig()
-    argv: list[str] = []
-    for f in fields(TrainConfig):
-        value = getattr(cfg, f.name)
-        if f.name in ("extra",) or (
-            value == getattr(default, f.name) and f.name not in ("task", "method", "seed")
-        ):
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if f.name in _FLAG_BOOLS:
-            argv.append(_FLAG_BOOLS[f.name])
-        elif f.name == "overwrite":
-            argv.append(flag)
-        elif isinstance(value, bool):
-            argv += [flag, str(value).lower()]
-        elif isinstance(value, list):
-            argv += [flag, ",".join(str(v) for v in value)]
-        else:
-            argv += [
-                flag,
-                "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value),
-            ]
-    return argv
+def command_line(cfg: TrainConfig) -> str:
+    """The `sparta train` command of a config, for people to read (`extra` has no flag: noted instead)."""
+    try:
+        flags = dataclasses.replace(cfg, extra={}).to_argv()
+    except SpartaError as err:  # a value no flag can express: the cell's YAML file carries it
+        return f"sparta train --config {CELL_CONFIG}  # ({err})"
+    return "sparta train " + shlex.join(flags) + (f"  # + extra: {cfg.extra}" if cfg.extra else "")
 
 
-def command_line(argv: list[str]) -> str:
-    import shlex
-
-    return "sparta train " + " ".join(shlex.quote(a) for a in argv)
+def write_cell_config(cfg: TrainConfig, path: Path) -> Path:
+    """`cfg` as YAML at `path` (written whole), read back by `python -m sparta.train` / `sparta train --config`."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(
+            f"# one grid cell; `sparta train --config {path.name}` runs it again\n" + cfg.to_yaml()
+        )
+    return path
 
 
 @contextlib.contextmanager
@@ -112,16 +101,19 @@ def run_cell(
     if path.exists():
         shutil.rmtree(path)
     path.mkdir(parents=True)
-    cfg = cell.config(output)
+    config = write_cell_config(cell.config(output), path / CELL_CONFIG)
     if isolation == "process":
         if train_fn is None:
             from sparta.train import train as train_fn
+        cfg = TrainConfig.from_dict(load_yaml(config), source=str(config))
+        with open(path / CELL_LOG, "w") as log:
+            print(f"sparta train --config {shlex.quote(str(config))}", file=log, flush=True)
         with cell_log(path / CELL_LOG):
             train_fn(cfg)
         return
-    cmd = [sys.executable, "-c", _ENTRY, "train", *train_argv(cfg)]
+    cmd = [sys.executable, "-m", "sparta.train", str(config)]
     with open(path / CELL_LOG, "w") as log:
-        log.write(command_line(cmd[4:]) + "\n")
+        log.write(f"sparta train --config {shlex.quote(str(config))}\n")
         log.flush()
         rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
     if rc != 0:
@@ -142,7 +134,6 @@ def run_experiment(
     dry_run: bool = False,
     isolation: str = "subprocess",
     train_fn: Callable | None = None,
-    log: Callable[[str], None] = print,
 ) -> RunSummary:
     """Run (or, with dry_run, print) every cell of the recipe at `scale`, skipping finished ones."""
     output = Path(output)
@@ -151,16 +142,16 @@ def run_experiment(
     )
     summary = RunSummary(missing_tasks=missing)
     for task, why in missing.items():
-        log(f"skipping task {task}: its data is not available ({why})")
+        logger.info(f"skipping task {task}: its data is not available ({why})")
     try:
         resolve_budgets(cells, fetch=not dry_run)
     except (SpartaError, OSError, ValueError) as err:
         if not dry_run:
             raise
-        log(f"note: budget densities are resolved at run time ({err})")
+        logger.info(f"note: budget densities are resolved at run time ({err})")
     tokens = recipe.scale(scale).get("tokens_per_example") or {}
     if dry_run:
-        return _print_plan(recipe, scale, output, cells, tokens, summary, log)
+        return _print_plan(recipe, scale, output, cells, tokens, summary)
 
     output.mkdir(parents=True, exist_ok=True)
     todo = [c for c in cells if not is_done(c.directory(output))]
@@ -171,32 +162,32 @@ def run_experiment(
         else expand(recipe, scale, model=model, seeds=seeds, overrides=overrides)[0]
     )
     left, scaled = _estimate_left(everything, todo, output, tokens)
-    log(f"{recipe.name} ({scale}): {len(cells)} cells, {len(summary.skipped)} finished, {len(todo)} to run "
+    logger.info(f"{recipe.name} ({scale}): {len(cells)} cells, {len(summary.skipped)} finished, {len(todo)} to run "
         f"(estimate {format_seconds(left)} on CPU{scaled}); output {output}")  # fmt: skip
     for i, cell in enumerate(todo, 1):
         if is_done(cell.directory(output)):  # finished meanwhile by another `sparta reproduce` on this output
             summary.skipped.append(cell.key)
-            log(f"[{i}/{len(todo)}] {cell.key}: finished meanwhile by another run, skipped")
+            logger.info(f"[{i}/{len(todo)}] {cell.key}: finished meanwhile by another run, skipped")
             continue
-        log(f"[{i}/{len(todo)}] {cell.key} ({cell.label})")
+        logger.info(f"[{i}/{len(todo)}] {cell.key} ({cell.label})")
         t0 = time.perf_counter()
         try:
             run_cell(cell, output, isolation, train_fn)
         except SpartaError as err:
             summary.failed[cell.key] = str(err)
-            log(f"  failed: {err}")
+            logger.info(f"  failed: {err}")
             continue
         summary.ran.append(cell.key)
-        log(f"  done in {time.perf_counter() - t0:.0f} s")
+        logger.info(f"  done in {time.perf_counter() - t0:.0f} s")
     if recipe.kind == "merging":
-        run_merges(recipe, scale, output, cells, summary, log)
+        run_merges(recipe, scale, output, cells, summary)
     return summary
 
 
 def _train_seconds(directory: Path) -> float | None:
     try:
-        return float(json.loads((directory / RESULTS_FILE).read_text())["train_seconds"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return float(read_json(directory / RESULTS_FILE)["train_seconds"])
+    except (SpartaError, KeyError, TypeError, ValueError):
         return None
 
 
@@ -213,9 +204,9 @@ def _estimate_left(cells: list[Cell], todo: list[Cell], output: Path, tokens) ->
     return left * factor, f", x{factor:.2f} as measured by {len(done)} finished cell{'s' * (len(done) > 1)}"
 
 
-def _print_plan(recipe, scale, output, cells, tokens, summary, log) -> RunSummary:
+def _print_plan(recipe, scale, output, cells, tokens, summary) -> RunSummary:
     total = todo = 0.0
-    log(f"# {recipe.name} at {scale} scale: {len(cells)} cells -> {output}")
+    logger.info(f"# {recipe.name} at {scale} scale: {len(cells)} cells -> {output}")
     for cell in cells:
         done = is_done(cell.directory(output))
         seconds = estimate_seconds(cell, tokens)
@@ -227,23 +218,46 @@ def _print_plan(recipe, scale, output, cells, tokens, summary, log) -> RunSummar
             budget = f", budget {cell.budget:g} -> density " + (
                 f"{cell.settings['density']:.4g}" if "density" in cell.settings else "set at run time"
             )
-        log(f"{cell.key} [{'done' if done else 'todo'}] {cell.label}{budget} ~{format_seconds(seconds)}")
-        log(f"  {command_line(train_argv(cell.config(output)))}")
-    for cmd in merge_commands(recipe, scale, output, cells):
-        log(f"then: sparta {' '.join(cmd)}")
-    log(f"estimated CPU time: {format_seconds(total)} for all cells, {format_seconds(todo)} for those left "
+        logger.info(
+            f"{cell.key} [{'done' if done else 'todo'}] {cell.label}{budget} ~{format_seconds(seconds)}"
+        )
+        logger.info(f"  {command_line(cell.config(output))}")
+    for plan in merge_plans(recipe, scale, output, cells):
+        logger.info(f"then: {plan.command()}")
+    logger.info(f"estimated CPU time: {format_seconds(total)} for all cells, {format_seconds(todo)} for those left "
         f"(SmolLM2-135M fp32 CPU rates: ~3 ms per training token, ~1 ms per evaluated token; other models and "
         "GPUs differ)")  # fmt: skip
     left = [c for c in cells if not is_done(c.directory(output))]
     seconds, scaled = _estimate_left(cells, left, output, tokens)
     if scaled:
-        log(f"  {format_seconds(seconds)} for those left{scaled}")
+        logger.info(f"  {format_seconds(seconds)} for those left{scaled}")
     return summary
 
 
 # -- merging (paper section 8, Table 6) ----------------------------------------------------------------------------
-def merge_commands(recipe: Recipe, scale: str, output: Path, cells: list[Cell]) -> list[list[str]]:
-    """`sparta merge` argument lists, one per seed, for a merging recipe."""
+@dataclass
+class MergePlan:
+    """One `sparta merge SOURCES --output TARGET --eval` of a merging recipe (one per seed)."""
+
+    sources: list[Path]
+    target: Path
+    split: str = "test"
+    max_eval_samples: int | None = None
+    data_dir: str | None = None
+    device: str | None = None
+
+    def command(self) -> str:
+        """The equivalent command line, for people to read."""
+        argv = ["merge", *map(str, self.sources), "--output", str(self.target), "--overwrite", "--eval"]
+        argv += ["--split", self.split]
+        for flag, value in (("--max-eval-samples", self.max_eval_samples), ("--data-dir", self.data_dir),
+                            ("--device", self.device)):  # fmt: skip
+            argv += [flag, str(value)] if value else []
+        return "sparta " + shlex.join(argv)
+
+
+def merge_plans(recipe: Recipe, scale: str, output: Path, cells: list[Cell]) -> list[MergePlan]:
+    """The merges of a merging recipe, one per seed whose cells of every merged task are in `cells`."""
     if recipe.kind != "merging":
         return []
     spec = recipe.merge
@@ -254,37 +268,41 @@ def merge_commands(recipe: Recipe, scale: str, output: Path, cells: list[Cell]) 
         sources = [by_key.get(f"{t}/{row}/seed{seed}") for t in tasks]
         if any(s is None for s in sources):
             continue
-        cmd = ["merge", *(str(s.directory(output)) for s in sources), "--output",
-               str(output / MERGED_DIR / row / f"seed{seed}"), "--overwrite", "--eval",
-               "--split", spec.get("split", "test")]  # fmt: skip
         cfg = sources[0].config(output)
-        if cfg.max_eval_samples:
-            cmd += ["--max-eval-samples", str(cfg.max_eval_samples)]
-        if cfg.data_dir:
-            cmd += ["--data-dir", str(cfg.data_dir)]
-        if cfg.device:
-            cmd += ["--device", cfg.device]
-        out.append(cmd)
+        target = output / MERGED_DIR / row / f"seed{seed}"
+        dirs = [s.directory(output) for s in sources]
+        out.append(
+            MergePlan(dirs, target, spec.get("split", "test"), cfg.max_eval_samples, cfg.data_dir, cfg.device)
+        )
     return out
 
 
-def run_merges(recipe: Recipe, scale: str, output: Path, cells: list[Cell], summary: RunSummary, log) -> None:
-    from sparta.cli import main
+def merge_and_evaluate(plan: MergePlan) -> dict[str, Any]:
+    """Merge the plan's adapters and compare each task's merged and single metrics (merged.json records both)."""
+    doc = merge_adapters(plan.sources, plan.target, overwrite=True)
+    comparison = compare_with_single(
+        plan.target, plan.split, plan.data_dir, plan.max_eval_samples, 32, plan.device
+    )
+    doc["eval"] = {"split": plan.split, "max_eval_samples": plan.max_eval_samples, "tasks": comparison}
+    write_json(plan.target / MERGED_FILE, doc)
+    return doc
 
-    for cmd in merge_commands(recipe, scale, output, cells):
-        sources, target = (
-            [Path(p) for p in cmd[1 : cmd.index("--output")]],
-            Path(cmd[cmd.index("--output") + 1]),
-        )
-        merged_json = target / "merged.json"
-        if merged_json.is_file() and "eval" in json.loads(merged_json.read_text()):
-            summary.skipped.append(str(target.relative_to(output)))
+
+def run_merges(recipe: Recipe, scale: str, output: Path, cells: list[Cell], summary: RunSummary) -> None:
+    for plan in merge_plans(recipe, scale, output, cells):
+        name = str(plan.target.relative_to(output))
+        merged_json = plan.target / "merged.json"
+        if merged_json.is_file() and "eval" in read_json(merged_json):
+            summary.skipped.append(name)
             continue
-        if not all(is_done(s) for s in sources):
-            log(f"not merging into {target}: some adapters did not finish")
+        if not all(is_done(s) for s in plan.sources):
+            logger.info(f"not merging into {plan.target}: some adapters did not finish")
             continue
-        log(f"sparta {' '.join(cmd)}")
-        if main(cmd) != 0:
-            summary.failed[str(target.relative_to(output))] = "sparta merge failed"
+        logger.info(plan.command())
+        try:
+            merge_and_evaluate(plan)
+        except SpartaError as err:
+            summary.failed[name] = f"merge failed: {err}"
+            logger.info(f"  merge failed: {err}")
         else:
-            summary.merged.append(str(target.relative_to(output)))
+            summary.merged.append(name)

@@ -16,6 +16,7 @@ lowest dev loss overall, flagged).
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +27,10 @@ from sparta.experiments.recipes import Cell
 from sparta.experiments.runner import is_done, run_cell
 from sparta.fileio import write_json
 from sparta.runs.layout import RESULTS_FILE
+from sparta.train.config import TrainConfig
+from sparta.train.schedule import Schedule
 
+logger = logging.getLogger(__name__)
 DEFAULT_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
 TUNE_FILE = "tune.json"
 
@@ -73,11 +77,8 @@ def _eval_every(settings: dict[str, Any], samples: int | None) -> int:
     """The base run's eval_every, else about four dev evaluations per run (the gap and early stopping need them)."""
     if settings.get("eval_every"):
         return int(settings["eval_every"])
-    per_step = int(settings.get("batch_size", 16)) * int(settings.get("grad_accum", 1))
-    steps = settings.get("max_steps") or math.ceil(
-        (samples or 1000) * float(settings.get("epochs", 1.0)) / per_step
-    )
-    return max(1, int(steps) // 4)
+    cfg = TrainConfig.from_dict({**settings, "eval_every": None}, source="tune-density")
+    return max(1, Schedule.plan(cfg, samples or 1000).total_steps // 4)
 
 
 def tune_density(
@@ -94,7 +95,6 @@ def tune_density(
     patience: int | None = 2,
     isolation: str = "subprocess",
     train_fn: Callable | None = None,
-    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run the search for `base` (TrainConfig settings; method/density/samples are set here); writes tune.json."""
     output = Path(output)
@@ -119,12 +119,12 @@ def tune_density(
         cell = Cell(stage, f"d{density:g}", seed, f"{stage} {density:g}", {**settings, **extra})
         path = cell.directory(output)
         if not is_done(path):
-            log(f"{stage}: density {density:g} on {samples or 'all'} training examples")
+            logger.info(f"{stage}: density {density:g} on {samples or 'all'} training examples")
             run_cell(cell, output, isolation, train_fn)
         row = _row(stage, density, samples, json.loads((path / RESULTS_FILE).read_text()), window, gap_tol)
         if row["dev_loss"] is None:
             raise SpartaError(f"{path} has no dev metrics; the search needs a dev split (--dev-file)")
-        log(f"  dev loss {row['dev_loss']:.4f}, gap {row['gap'] if row['gap'] is None else round(row['gap'], 4)}"
+        logger.info(f"  dev loss {row['dev_loss']:.4f}, gap {row['gap'] if row['gap'] is None else round(row['gap'], 4)}"
             f"{' (closed)' if row['gap_closed'] else ''}")  # fmt: skip
         rows.append(row)
         return row

@@ -1,122 +1,215 @@
-"""The run configuration: one dataclass, loadable from YAML, overridable from the command line.
+"""The run configuration: one dataclass whose fields declare every option once (help, group, choices, flag).
 
-Precedence, lowest first: the dataclass defaults, the YAML file (`--config run.yaml`), explicit CLI flags.
-The CLI parser uses `argparse.SUPPRESS` defaults, so only the flags a user actually typed override the YAML.
+The `sparta train` / `sparta tune-density` flags and the accepted YAML keys are generated from the fields (see
+`sparta.train.options`), and flags and YAML values go through the same conversion. Precedence, lowest first: the
+dataclass defaults, the YAML file (`--config run.yaml`), explicit CLI flags (their defaults are
+`argparse.SUPPRESS`, so only the flags a user actually typed override the YAML). `lr: None` is resolved per
+method, objective and density by `sparta.train.rates` when the run starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-from dataclasses import dataclass, field, fields
+import os
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from sparta.adapter.config import DTYPE_NAMES, INDEX_FORMATS
 from sparta.errors import SpartaError
+from sparta.methods import METHOD_NAMES, get_method
+from sparta.methods.base import targets_of
+from sparta.train import options as O
+from sparta.train.options import option
 
-METHODS = ("sparta", "lora", "dora", "head", "full")
+METHODS = METHOD_NAMES  # the registry in sparta.methods
 SCHEDULERS = ("linear", "cosine", "constant")
-DTYPES = ("float32", "bfloat16", "float16")
-# Modules each method adapts when --targets is not given (LoRA follows the paper: query and value projections).
-DEFAULT_TARGETS = {"sparta": ["all-linear"], "lora": ["q_proj", "v_proj"], "dora": ["q_proj", "v_proj"]}
+PADDING_SIDES = ("left", "right")
+# CLI argument groups, in the order `--help` lists them
+GROUPS = {
+    "run": "run",
+    "task": "custom task (--task custom) and task overrides",
+    "data": "data",
+    "method": "method",
+    "optim": "optimisation",
+    "runtime": "runtime",
+}
 
 
 @dataclass
 class TrainConfig:
     """Everything a training run depends on; `results.json` stores it in full."""
 
-    task: str = "sst2"
-    method: str = "sparta"
-    model: str = "smollm2-135m-instruct"
-    output: str | None = None
-    data_dir: str | None = None
-    seed: int = 0
+    task: str = option("sst2", group="run", help="task name (sst2, cola, mrpc, rte, qnli, imdb, mmlu, ...)")
+    method: str = option("sparta", group="run", choices=METHODS, help="adaptation method")
+    model: str = option(
+        "smollm2-135m-instruct",
+        group="run",
+        help="registry alias, Hugging Face hub id or local model directory",
+    )
+    output: str | None = option(
+        None, metavar="DIR", group="run", help="output directory (results.json, log.csv, tb/, adapter)"
+    )
+    data_dir: str | None = option(
+        None, metavar="DIR", group="run", help="folder holding <task>/<split>.jsonl.gz"
+    )
+    seed: int = option(0, group="run", help="seed for torch, python, numpy, data order and SpaRTA indices")
     # custom tasks (--task custom) and task overrides
-    train_file: str | None = None
-    dev_file: str | None = None
-    test_file: str | None = None
-    text_fields: list[str] | None = None
-    label_field: str | None = None
-    label_words: list[str] | None = None
-    instruction: str | None = None
+    train_file: str | None = option(
+        None, metavar="FILE", group="task", help="training examples (.jsonl/.json/.csv/.tsv, optionally .gz)"
+    )
+    dev_file: str | None = option(
+        None, metavar="FILE", group="task", help="dev examples (10% of train, at most 1000, if unset)"
+    )
+    test_file: str | None = option(None, metavar="FILE", group="task", help="test examples")
+    text_fields: list[str] | None = option(
+        None, group="task", help="comma-separated input fields (custom default: text)"
+    )
+    label_field: str | None = option(None, group="task", help="label field (custom default: label)")
+    label_words: list[str] | None = option(
+        None, group="task", help="comma-separated answer word per label, used to initialise instruct heads"
+    )
+    instruction: str | None = option(None, group="task", help="the task instruction given to instruct models")
     # data
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    max_length: int | None = None  # None: the task's max length
-    template: str | None = None
-    padding_side: str = "right"
+    max_train_samples: int | None = option(None, group="data", help="cap on training examples")
+    max_eval_samples: int | None = option(None, group="data", help="cap on dev and test examples")
+    max_length: int | None = option(
+        None, group="data", help="drop training examples longer than this many tokens (task default if unset)"
+    )
+    template: str | None = option(
+        None,
+        group="data",
+        help="str.format template over the example's fields and {instruction}; replaces the input text",
+    )
+    padding_side: str = option(
+        "right", group="data", choices=PADDING_SIDES, help="pad on the left or the right"
+    )
     # method settings
-    density: float = 0.005
-    targets: list[str] | None = None  # None: DEFAULT_TARGETS[method]
-    index_seed: int | None = None  # SpaRTA index sampling seed; None: --seed (differ for adapters to merge)
-    lora_r: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.1
-    save_index_format: str = "seed"  # sparta adapter files: seed | coo16 | flat32
-    save_delta_dtype: str = "float32"  # sparta adapter files: float32 | bfloat16 | float16
+    density: float = option(
+        0.005, group="method", help="SpaRTA: fraction of each targeted weight that is trainable"
+    )
+    targets: list[str] | None = option(
+        None,
+        group="method",
+        help="comma-separated target modules (sparta: all-linear; lora/dora: q_proj,v_proj)",
+    )
+    index_seed: int | None = option(
+        None,
+        group="run",
+        help="seed of the SpaRTA index sampling when it should differ from --seed (e.g. adapters meant for merging)",
+    )
+    lora_r: int = option(8, group="method", help="LoRA/DoRA rank")
+    lora_alpha: float = option(16.0, group="method", help="LoRA/DoRA alpha")
+    lora_dropout: float = option(0.1, group="method", help="LoRA/DoRA dropout")
+    save_index_format: str = option(
+        "seed",
+        group="method",
+        choices=INDEX_FORMATS,
+        help="SpaRTA adapter index encoding (seed: regenerated from the seed, no index bytes)",
+    )
+    save_delta_dtype: str = option(
+        "float32", group="method", choices=DTYPE_NAMES, help="SpaRTA adapter delta/head precision on disk"
+    )
     # optimisation
-    epochs: float = 1.0
-    max_steps: int | None = None
-    batch_size: int = 16
-    eval_batch_size: int | None = None  # None: 2 * batch_size
-    grad_accum: int = 1
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    scheduler: str = "linear"
-    warmup_ratio: float = 0.0
-    warmup_steps: int | None = None  # wins over warmup_ratio when set
-    max_grad_norm: float | None = 1.0
-    dropout: float | None = None  # None: keep the model's own dropout settings
-    eval_every: int | None = None  # optimizer steps; None: once per epoch
-    early_stopping_patience: int | None = None  # dev evaluations without improvement
-    restore_best: bool = True  # end with the trainable state that had the lowest dev loss
-    log_every: int = 10
+    epochs: float = option(1.0, group="optim", help="training epochs (fractions allowed)")
+    max_steps: int | None = option(None, group="optim", help="optimizer steps; wins over --epochs")
+    batch_size: int = option(16, group="optim", help="examples per micro-batch")
+    eval_batch_size: int | None = option(
+        None, group="optim", help="examples per evaluation batch (2 x batch size if unset)"
+    )
+    grad_accum: int = option(1, group="optim", help="micro-batches per optimizer step")
+    lr: float | None = option(
+        None,
+        group="optim",
+        help="AdamW learning rate (default: the measured or conventional rate for the method, objective and "
+        "density; see sparta.train.rates, listed in the README)",
+    )
+    weight_decay: float = option(0.0, group="optim", help="AdamW weight decay")
+    scheduler: str = option(
+        "linear", group="optim", choices=SCHEDULERS, help="learning-rate schedule after warmup"
+    )
+    warmup_ratio: float = option(0.0, group="optim", help="fraction of steps used for linear warmup")
+    warmup_steps: int | None = option(None, group="optim", help="warmup steps; wins over --warmup-ratio")
+    max_grad_norm: float | None = option(1.0, group="optim", help="gradient clipping norm ('none' disables)")
+    dropout: float | None = option(
+        None, group="optim", help="set the model's attention/hidden dropout (unset: the model's own)"
+    )
+    eval_every: int | None = option(
+        None, group="optim", help="evaluate on dev every N optimizer steps (once per epoch if unset)"
+    )
+    early_stopping_patience: int | None = option(
+        None, group="optim", help="stop after N dev evaluations without a lower dev loss"
+    )
+    restore_best: bool = option(
+        True, group="optim", help="end with the state of lowest dev loss (true/false)"
+    )
+    log_every: int = option(10, group="optim", help="optimizer steps between train-loss log rows")
     # runtime
-    dtype: str | None = None  # None: float32 on CPU, bfloat16 on GPU
-    device: str | None = None  # None: cuda when available, else cpu
-    zero_shot: bool = True
-    progress: bool = True
-    overwrite: bool = False
+    dtype: str | None = option(
+        None,
+        group="runtime",
+        choices=DTYPE_NAMES,
+        help="model dtype (float32 on CPU, bfloat16 on GPU if unset)",
+    )
+    device: str | None = option(
+        None, group="runtime", help="cpu, cuda, cuda:1, ... (cuda when available if unset)"
+    )
+    zero_shot: bool = option(
+        True, group="runtime", flag="--no-zero-shot", const=False, help="skip the evaluation before training"
+    )
+    progress: bool = option(
+        True, group="runtime", flag="--no-progress", const=False, help="hide the progress bar"
+    )
+    overwrite: bool = option(
+        False, group="run", const=True, help="replace an output directory holding a finished run"
+    )
     # checkpoints and resuming
-    save_every: int | None = None  # optimizer steps between checkpoints (OUTPUT/checkpoint-STEP/); None: none
-    keep_checkpoints: int = 2  # newest checkpoints kept
-    resume: bool | str | None = None  # True: resume OUTPUT; a path: resume that run dir
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes carried into results.json
+    save_every: int | None = option(
+        None, group="run", help="write OUTPUT/checkpoint-STEP/ every N optimizer steps"
+    )
+    keep_checkpoints: int = option(2, group="run", help="how many of the newest checkpoints to keep")
+    resume: bool | str | None = option(
+        None,
+        group="run",
+        const=True,
+        optional_value=True,
+        metavar="DIR",
+        help="continue the run in DIR (default: --output) from its newest checkpoint; same settings required",
+    )
+    extra: dict[str, Any] = option(
+        group="run",
+        default_factory=dict,
+        cli=False,
+        help="free-form notes carried into results.json (YAML only)",
+    )
 
     def __post_init__(self) -> None:
-        for name in ("targets", "text_fields", "label_words"):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                setattr(self, name, [t.strip() for t in value.split(",") if t.strip()])
+        for f in fields(self):
+            setattr(self, f.name, O.convert_field(type(self), f.name, getattr(self, f.name), f.name))
         self.validate()
 
     def validate(self) -> None:
-        """Raise SpartaError on settings that cannot work."""
+        """Raise SpartaError on settings that cannot work (choices come from the fields' metadata)."""
+        for f in fields(self):
+            value, choices = getattr(self, f.name), f.metadata.get("choices")
+            if choices and value is not None and value not in choices:
+                raise SpartaError(f"unknown {f.name} {value!r}; choose one of {', '.join(choices)}")
         checks = [
-            (self.method in METHODS, f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}"),
-            (
-                self.scheduler in SCHEDULERS,
-                f"unknown scheduler {self.scheduler!r}; use {', '.join(SCHEDULERS)}",
-            ),
-            (
-                self.dtype is None or self.dtype in DTYPES,
-                f"unknown dtype {self.dtype!r}; use {', '.join(DTYPES)}",
-            ),
-            (self.padding_side in ("left", "right"), "padding_side must be 'left' or 'right'"),
             (0 < self.density <= 1, f"density must be in (0, 1], got {self.density}"),
             (self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1"),
-            (self.epochs > 0 or (self.max_steps or 0) > 0, "give epochs > 0 or max_steps > 0"),
-            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (
+                self.max_steps is None or self.max_steps >= 1,
+                f"max_steps must be >= 1, got {self.max_steps} (leave it unset to train for --epochs)",
+            ),
+            (self.epochs > 0 or self.max_steps is not None, "give epochs > 0 or max_steps > 0"),
+            (self.lr is None or self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
+            (self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps must be >= 0"),
             (self.dropout is None or 0 <= self.dropout < 1, "dropout must be in [0, 1)"),
             (0 <= self.lora_dropout < 1, "lora_dropout must be in [0, 1)"),
-            (
-                self.save_index_format in ("seed", "coo16", "flat32"),
-                "save_index_format must be seed, coo16 or flat32",
-            ),
-            (self.save_delta_dtype in DTYPES, f"save_delta_dtype must be one of {', '.join(DTYPES)}"),
             (self.lora_r >= 1, "lora_r must be >= 1"),
             (self.eval_every is None or self.eval_every >= 1, "eval_every must be >= 1"),
             (self.log_every >= 1, "log_every must be >= 1"),
@@ -129,177 +222,60 @@ class TrainConfig:
 
     @property
     def target_modules(self) -> list[str]:
-        return list(self.targets) if self.targets else list(DEFAULT_TARGETS.get(self.method, []))
+        return targets_of(self, get_method(self.method))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
+        """A validated config from a mapping of settings (dashes in keys read as underscores)."""
+        values = {str(k).replace("-", "_"): v for k, v in values.items()}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise SpartaError(
                 f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
             )
-        try:
-            return cls(**values)
-        except TypeError as err:
-            raise SpartaError(f"{source}: {err}") from None
+        return cls(**O.coerce(cls, values, f"{source}: {{}}"))
+
+    def to_yaml(self) -> str:
+        """Every setting as YAML that `load_yaml` + `from_dict` read back to an equal config."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def to_argv(self) -> list[str]:
+        """The `sparta train` flags that rebuild this config (task, method and seed always; others if changed)."""
+        return O.to_argv(self, always=("task", "method", "seed"))
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping of TrainConfig fields (dashes in keys are accepted as underscores)."""
     path = Path(path)
     if not path.is_file():
-        raise SpartaError(f"config file {path} does not exist")
+        where = str(path.absolute())
+        if not path.is_absolute():
+            where += f" (a relative path is read from the current directory, {os.getcwd()})"
+        what = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise SpartaError(f"config file {path} {what}: looked for {where}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise SpartaError(f"config file {path} is not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise SpartaError(f"config file {path} must hold a mapping of settings, not {type(data).__name__}")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
-def _bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-
-
-def _optional(kind: type):
-    """argparse type that maps 'none' to None, so a YAML value can be cleared from the command line."""
-
-    def parse(text: str):
-        return None if text.lower() == "none" else kind(text)
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per TrainConfig field; defaults are SUPPRESSed so YAML values survive unless overridden."""
-    d = TrainConfig.__dataclass_fields__
-    S = argparse.SUPPRESS
-
-    def add(flag: str, help: str, **kw: Any) -> None:
-        name = flag.lstrip("-").replace("-", "_")
-        default = d[name].default if name in d else None
-        shown = f" (default: {default})" if default not in (None, False) else ""
-        group.add_argument(flag, default=S, help=help + shown, **kw)
-
-    group = parser.add_argument_group("run")
-    group.add_argument(
-        "--config", default=S, metavar="YAML", help="YAML file of settings; explicit flags win"
+    """Add `--config` and one flag per TrainConfig field (SUPPRESSed defaults: YAML values survive)."""
+    groups = {key: parser.add_argument_group(title) for key, title in GROUPS.items()}
+    groups["run"].add_argument(
+        "--config",
+        default=argparse.SUPPRESS,
+        metavar="YAML",
+        help="YAML file of settings; explicit flags win",
     )
-    add("--task", "task name (sst2, cola, mrpc, rte, qnli, imdb, mmlu, ...)")
-    add("--method", "adaptation method", choices=METHODS)
-    add("--model", "registry alias, Hugging Face hub id or local model directory")
-    add("--output", "output directory (results.json, log.csv, tb/, adapter)")
-    add("--data-dir", "folder holding <task>/<split>.jsonl.gz")
-    add("--seed", "seed for torch, python, numpy, data order and SpaRTA indices", type=int)
-    add(
-        "--index-seed",
-        "seed of the SpaRTA index sampling when it should differ from --seed (e.g. adapters meant for merging)",
-        type=_optional(int),
-    )
-    add("--overwrite", "replace an output directory holding a finished run", action="store_const", const=True)
-    add("--save-every", "write OUTPUT/checkpoint-STEP/ every N optimizer steps", type=_optional(int))
-    add("--keep-checkpoints", "how many of the newest checkpoints to keep", type=int)
-    group.add_argument(
-        "--resume",
-        nargs="?",
-        const=True,
-        default=S,
-        metavar="DIR",
-        help="continue the run in DIR (default: --output) from its newest checkpoint; same settings required",
-    )
-
-    group = parser.add_argument_group("custom task (--task custom) and task overrides")
-    add("--train-file", "training examples (.jsonl/.json/.csv/.tsv, optionally .gz)")
-    add("--dev-file", "dev examples (10%% of train, at most 1000, if unset)")
-    add("--test-file", "test examples")
-    add("--text-fields", "comma-separated input fields (custom default: text)")
-    add("--label-field", "label field (custom default: label)")
-    add("--label-words", "comma-separated answer word per label, used to initialise instruct heads")
-    add("--instruction", "the task instruction given to instruct models")
-
-    group = parser.add_argument_group("data")
-    add("--max-train-samples", "cap on training examples", type=_optional(int))
-    add("--max-eval-samples", "cap on dev and test examples", type=_optional(int))
-    add(
-        "--max-length",
-        "drop training examples longer than this many tokens (task default if unset)",
-        type=_optional(int),
-    )
-    add(
-        "--template",
-        "str.format template over the example's fields and {instruction}; replaces the input text",
-    )
-    add("--padding-side", "pad on the left or the right", choices=("left", "right"))
-
-    group = parser.add_argument_group("method")
-    add("--density", "SpaRTA: fraction of each targeted weight that is trainable", type=float)
-    add("--targets", "comma-separated target modules (sparta: all-linear; lora/dora: q_proj,v_proj)")
-    add("--lora-r", "LoRA/DoRA rank", type=int)
-    add("--lora-alpha", "LoRA/DoRA alpha", type=float)
-    add("--lora-dropout", "LoRA/DoRA dropout", type=float)
-    add(
-        "--save-index-format",
-        "SpaRTA adapter index encoding (seed: regenerated from the seed, no index bytes)",
-        choices=("seed", "coo16", "flat32"),
-    )
-    add("--save-delta-dtype", "SpaRTA adapter delta/head precision on disk", choices=DTYPES)
-
-    group = parser.add_argument_group("optimisation")
-    add("--epochs", "training epochs (fractions allowed)", type=float)
-    add("--max-steps", "optimizer steps; wins over --epochs", type=_optional(int))
-    add("--batch-size", "examples per micro-batch", type=int)
-    add("--eval-batch-size", "examples per evaluation batch (2 x batch size if unset)", type=_optional(int))
-    add("--grad-accum", "micro-batches per optimizer step", type=int)
-    add("--lr", "AdamW learning rate", type=float)
-    add("--weight-decay", "AdamW weight decay", type=float)
-    add("--scheduler", "learning-rate schedule after warmup", choices=SCHEDULERS)
-    add("--warmup-ratio", "fraction of steps used for linear warmup", type=float)
-    add("--warmup-steps", "warmup steps; wins over --warmup-ratio", type=_optional(int))
-    add("--max-grad-norm", "gradient clipping norm ('none' disables)", type=_optional(float))
-    add("--dropout", "set the model's attention/hidden dropout", type=_optional(float))
-    add(
-        "--eval-every",
-        "evaluate on dev every N optimizer steps (once per epoch if unset)",
-        type=_optional(int),
-    )
-    add(
-        "--early-stopping-patience",
-        "stop after N dev evaluations without a lower dev loss",
-        type=_optional(int),
-    )
-    add("--restore-best", "end with the state of lowest dev loss (true/false)", type=_bool)
-    add("--log-every", "optimizer steps between train-loss log rows", type=int)
-
-    group = parser.add_argument_group("runtime")
-    add("--dtype", "model dtype (float32 on CPU, bfloat16 on GPU if unset)", choices=DTYPES)
-    add("--device", "cpu, cuda, cuda:1, ... (cuda when available if unset)")
-    group.add_argument(
-        "--no-zero-shot",
-        dest="zero_shot",
-        action="store_const",
-        const=False,
-        default=S,
-        help="skip the evaluation before training",
-    )
-    group.add_argument(
-        "--no-progress",
-        dest="progress",
-        action="store_const",
-        const=False,
-        default=S,
-        help="hide the progress bar",
-    )
+    O.add_arguments(groups, TrainConfig)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -308,6 +284,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     config_path = getattr(args, "config", None)
     if config_path:
         values.update(load_yaml(config_path))
-    names = {f.name for f in fields(TrainConfig)}
-    values.update({k: v for k, v in vars(args).items() if k in names})
+    by_name = {f.name: f for f in fields(TrainConfig)}
+    flags = {k: v for k, v in vars(args).items() if k in by_name}
+    values.update(O.coerce(TrainConfig, flags, lambda name: O.flag_of(by_name[name])))
     return TrainConfig.from_dict(values, source=str(config_path or "arguments"))

@@ -44,6 +44,7 @@ from sparta.train.config import TrainConfig
 from sparta.train.distributed import Runtime, launched_distributed
 from sparta.train.logs import RunLogger
 from sparta.train.outputs import results_document, run_info, write_outputs
+from sparta.train.rates import resolve_lr
 from sparta.train.schedule import Schedule
 from sparta.train.setup import Setup, apply_method, open_run, set_up
 from sparta.train.stopping import EarlyStopping
@@ -281,6 +282,11 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
     """
     rt = Runtime.from_launch(cfg.device) if launched_distributed() else Runtime.single()
     with _rank_zero_logging(rt):
+        cfg, lr_note = resolve_lr(
+            cfg
+        )  # lr None: the method's default, which the run uses and results.json records
+        if lr_note:
+            logger.info(lr_note)
         output, ckpt = open_run(cfg, rt)
         s = set_up(cfg, rt)
 
