@@ -41,6 +41,8 @@ class TrainConfig:
     label_field: str | None = None
     label_words: list[str] | None = None
     instruction: str | None = None
+    labels: list[str] | None = None  # class names in id order (custom tasks: the label values)
+    allow_rare_labels: bool = False  # custom tasks: accept classes with very few training rows
     # data
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
@@ -86,7 +88,7 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes carried into results.json
 
     def __post_init__(self) -> None:
-        for name in ("targets", "text_fields", "label_words"):
+        for name in ("targets", "text_fields", "label_words", "labels"):
             value = getattr(self, name)
             if isinstance(value, str):
                 setattr(self, name, [t.strip() for t in value.split(",") if t.strip()])
@@ -227,6 +229,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--label-field", "label field (custom default: label)")
     add("--label-words", "comma-separated answer word per label, used to initialise instruct heads")
     add("--instruction", "the task instruction given to instruct models")
+    add(
+        "--labels",
+        "comma-separated class names in id order (custom tasks: the label values, or names of ids 0..)",
+    )
+    add(
+        "--allow-rare-labels",
+        "custom tasks: train even with a class of under 3 (or 0.5%%) training rows or an eval label absent from train",
+        action="store_const",
+        const=True,
+    )
 
     group = parser.add_argument_group("data")
     add("--max-train-samples", "cap on training examples", type=_optional(int))

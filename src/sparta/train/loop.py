@@ -24,6 +24,7 @@ from torch import nn
 
 from sparta.adapter import native
 from sparta.errors import SpartaError
+from sparta.tasks.labels import class_counts
 from sparta.train import checkpoint as C
 from sparta.train import data as D
 from sparta.train import methods as M
@@ -70,6 +71,8 @@ def task_args(cfg: TrainConfig) -> dict[str, Any]:
         "label_field": cfg.label_field,
         "label_words": tuple(cfg.label_words) if cfg.label_words else None,
         "instruction": cfg.instruction,
+        "label_names": tuple(cfg.labels) if cfg.labels else None,
+        "allow_rare_labels": cfg.allow_rare_labels or None,
     }
     args: dict[str, Any] = {"name": cfg.task, **{k: v for k, v in overrides.items() if v is not None}}
     if files:
@@ -332,6 +335,7 @@ def encode_splits(cfg: TrainConfig, task, tokenizer, instruct: bool, context: in
         f"data: train {len(train_data)} (dropped {train_data.dropped} > {max_length} tokens), "
         f"dev {len(enc['dev'])}, test {len(enc['test'])}; {'instruct' if instruct else 'base'} model {cfg.model}"
     )
+    log(f"classes (training examples): {class_counts(task.label_names, train_data.labels)}")
     return splits, enc, max_length
 
 
@@ -429,6 +433,7 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     rt = Runtime.from_launch(cfg.device) if launched_distributed() else Runtime.single()
     if not rt.is_main:
         log = _quiet
+    log(rt.describe())
     output, ckpt = open_run(cfg, rt, log)
     seed_everything(cfg.seed)
     device, dtype = pick_device(cfg.device, cfg.dtype)
