@@ -226,10 +226,6 @@ def custom_task(
         _check_labels(path, label_field, values, valid, ints, expected)
     if num_labels is not None and num_labels != len(label_names):
         raise SpartaError(f"num_labels={num_labels} but the custom task has labels {list(label_names)}")
-    if not (declared or num_labels is not None or allow_rare_labels):
-        key = (lambda v: str(int(v))) if ints else str
-        L.check_unseen(columns, key)
-        L.check_rare(columns, label_names, key)
     words = tuple(overrides.pop("label_words", None) or label_names)
     fields = {
         "name": "custom",
@@ -246,7 +242,12 @@ def custom_task(
         "test_splits": ("test",),
         "dev_splits": ("dev",) if any(s == "dev" for s, _ in files) else (),
     }
-    return _validate(TaskSpec(**(fields | _tuples(_clean(overrides)))))
+    spec = _validate(TaskSpec(**(fields | _tuples(_clean(overrides)))))
+    if not (declared or num_labels is not None or allow_rare_labels):
+        key = (lambda v: str(int(v))) if ints else str
+        L.check_unseen(columns, key)
+        L.check_rare(columns, label_names, key)
+    return spec
 
 
 def _validate(spec: TaskSpec) -> TaskSpec:
