@@ -12,9 +12,10 @@ import pytest
 from sparta.train.distributed import Runtime
 
 SCRIPT = """
+import os, sys
 from sparta.train.distributed import Runtime, launched_distributed
 rt = Runtime.from_launch("cpu") if launched_distributed() else Runtime.single()
-print("LOG", rt.describe(), flush=True)
+os.write(sys.stdout.fileno(), f"LOG {rt.describe()}\\n".encode())  # one write: the ranks share the pipe
 """
 
 
@@ -34,7 +35,9 @@ def _launch(tmp_path: Path, *flags: str) -> list[str]:
     }
     proc = subprocess.run(launch, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return [line.removeprefix("LOG ") for line in proc.stdout.splitlines() if line.startswith("LOG ")]
+    lines = [line.removeprefix("LOG ") for line in proc.stdout.splitlines() if line.startswith("LOG ")]
+    assert lines, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return lines
 
 
 def test_multi_gpu_flag_starts_two_cpu_processes(tmp_path):
