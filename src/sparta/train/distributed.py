@@ -66,7 +66,8 @@ class Runtime:
             return line
         backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else "none"
         engine = str(self.accelerator.distributed_type).rsplit(".", 1)[-1]
-        return f"processes: {self.world} ({engine}, {backend} backend, {self.accelerator.device})"
+        device = getattr(self.accelerator, "device", "unknown device")
+        return f"processes: {self.world} ({engine}, {backend} backend, {device})"
 
     @property
     def is_main(self) -> bool:
