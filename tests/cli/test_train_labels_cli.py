@@ -14,7 +14,7 @@ from tinylm import save_model_dir, toy_examples  # noqa: E402
 from sparta.cli import main  # noqa: E402
 from sparta.errors import SpartaError  # noqa: E402
 from sparta.train.config import TrainConfig  # noqa: E402
-from sparta.train.loop import build_task, task_args  # noqa: E402
+from sparta.train.loop import build_task, check_resumable, task_args  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -85,3 +85,13 @@ def test_allow_rare_labels_flag(typo, tmp_path):
     # the typo is still a mixed int/string column: only --labels says the third class is meant
     with pytest.raises(SpartaError, match="is not an integer"):
         build_task(task_args(cfg))
+
+
+def test_a_checkpoint_from_before_the_label_settings_still_resumes(tmp_path):
+    cfg = TrainConfig(task="custom", train_file="x.jsonl")
+    saved = {k: v for k, v in cfg.to_dict().items() if k not in ("labels", "allow_rare_labels")}
+    check_resumable(cfg, saved, tmp_path)  # the new settings at their defaults: the same run
+    with pytest.raises(SpartaError, match="allow_rare_labels: None -> True"):
+        check_resumable(
+            TrainConfig(task="custom", train_file="x.jsonl", allow_rare_labels=True), saved, tmp_path
+        )

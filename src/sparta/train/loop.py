@@ -273,8 +273,8 @@ def resolve_output(cfg: TrainConfig) -> str:
 
 
 def check_resumable(cfg: TrainConfig, saved: dict, where: Path) -> None:
-    now = cfg.to_dict()
-    changed = [k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]]
+    now, defaults = cfg.to_dict(), TrainConfig().to_dict()  # a setting newer than the checkpoint: its default
+    changed = [k for k in now if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != now[k]]
     if changed:
         shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
         raise SpartaError(f"cannot resume {where}: settings differ from the checkpoint's ({shown})")
