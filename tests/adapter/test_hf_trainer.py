@@ -138,3 +138,14 @@ def test_gradient_checkpointing_gives_the_same_delta_gradients(reentrant):
     assert not sm.base_model.model.gradient_checkpointing
     # the input-grad hook is gone with it: frozen embeddings give an output that needs no grad again
     assert not sm.base_model.model.embed_tokens(ids).requires_grad
+
+
+def test_save_pretrained_takes_transformers_keywords(tmp_path):
+    sm = _model("classifier")
+    sm.save_pretrained(tmp_path / "not-main", is_main_process=False, max_shard_size="5GB")
+    assert not (tmp_path / "not-main").exists()
+    with pytest.raises(SpartaError, match="never pickle"):
+        sm.save_pretrained(tmp_path / "pickle", safe_serialization=False)
+    with pytest.raises(SpartaError, match="takes no state_dict"):
+        sm.save_pretrained(tmp_path / "sd", state_dict=sm.state_dict())
+    assert (sm.save_pretrained(tmp_path / "a") / "adapter_model.safetensors").is_file()

@@ -65,8 +65,9 @@ class TrainerCompat:
         if assign:
             raise SpartaError("SpartaModel.load_state_dict copies in place; assign=True is not supported")
         names = self.adapter_state_names()
+        known = set(names)
         missing = [n for n in names if n not in state_dict]
-        unexpected = [k for k in state_dict if k not in set(names)]
+        unexpected = [k for k in state_dict if k not in known]
         if strict and (missing or unexpected):
             shown = (missing or unexpected)[:3]
             raise SpartaError(
