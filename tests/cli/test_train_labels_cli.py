@@ -60,6 +60,15 @@ def test_labels_flag_trains_the_named_classes_and_the_run_logs_them(typo, tmp_pa
     assert "processes: 1 (no distributed launch)" in log.splitlines()[0]
 
 
+def test_a_label_error_keeps_the_run_that_overwrite_would_replace(typo, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_argv(typo, out, "--labels", "0,1,entailmnet")) == 0
+    before = (out / "results.json").read_bytes()
+    assert main(_argv(typo, out, "--overwrite")) == 2  # the label check fails before anything is cleared
+    assert "is not an integer" in capsys.readouterr().err
+    assert (out / "results.json").read_bytes() == before and (out / "adapter").is_dir()
+
+
 def test_config_fields_reach_the_task():
     cfg = TrainConfig(task="custom", train_file="x.jsonl", labels="neg, pos", allow_rare_labels=True)
     assert cfg.labels == ["neg", "pos"]

@@ -434,12 +434,12 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     if not rt.is_main:
         log = _quiet
     log(rt.describe())
+    targs = task_args(cfg)
+    task = build_task(targs)  # before open_run: a data error must not cost the run that --overwrite replaces
     output, ckpt = open_run(cfg, rt, log)
     seed_everything(cfg.seed)
     device, dtype = pick_device(cfg.device, cfg.dtype)
     device = rt.device(device)
-    targs = task_args(cfg)
-    task = build_task(targs)
 
     # model, tokenizer, data
     resolved, model, tokenizer = load_model_and_tokenizer(cfg.model, task.num_labels, dtype, cfg.padding_side)
