@@ -13,16 +13,24 @@ from sparta.errors import SpartaError
 _SAMPLES = 16
 
 
+def sample_positions(numel: int) -> torch.Tensor:
+    """The flat positions whose values a fingerprint hashes: `_SAMPLES` evenly strided ones (all, if fewer)."""
+    k = min(_SAMPLES, numel)
+    # exact integer strides (a float linspace can round past the end)
+    return torch.arange(k) * (numel - 1) // max(k - 1, 1)
+
+
+def hash_samples(values: torch.Tensor) -> str:
+    """Hash of the sampled values, rounded to bfloat16 so fp32 and bf16 copies of one model agree."""
+    values = values.detach().to(torch.bfloat16).float().cpu().numpy()
+    return hashlib.sha256(values.tobytes()).hexdigest()[:12]
+
+
 def _value_hash(param: torch.Tensor) -> str | None:
-    """Hash of a few strided values, rounded to bfloat16 so fp32 and bf16 copies of one model agree."""
     if param.device.type == "meta" or param.numel() == 0:
         return None
     flat = param.detach().reshape(-1)
-    k = min(_SAMPLES, flat.numel())
-    # exact integer strides (a float linspace can round past the end)
-    positions = torch.arange(k, device=flat.device) * (flat.numel() - 1) // max(k - 1, 1)
-    values = flat[positions].to(torch.bfloat16).float().cpu().numpy()
-    return hashlib.sha256(values.tobytes()).hexdigest()[:12]
+    return hash_samples(flat[sample_positions(flat.numel()).to(flat.device)])
 
 
 def model_fingerprint(model: nn.Module, exclude: Iterable[str] = ()) -> dict[str, list]:

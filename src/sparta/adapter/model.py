@@ -16,6 +16,7 @@ from torch.nn.utils import parametrize
 from sparta.adapter import io
 from sparta.adapter.config import DTYPES, SpartaConfig, check_merge_mode
 from sparta.adapter.fingerprint import model_fingerprint
+from sparta.adapter.hf import TrainerCompat
 from sparta.adapter.layer import SparseVectorDelta, SpartaLinear
 from sparta.adapter.sampling import count_indices, sample_indices
 from sparta.adapter.targets import AdaptedParam, Conv1D, find_targets, is_head
@@ -27,8 +28,11 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
-class SpartaModel(nn.Module):
-    """A transformers (or any torch) model with SpaRTA adapters; `forward` is the base model's forward."""
+class SpartaModel(TrainerCompat, nn.Module):
+    """A transformers (or any torch) model with SpaRTA adapters; `forward` is the base model's forward.
+
+    `state_dict()` / `load_state_dict()` hold the adapter only (the deltas and the head), which is what makes HF
+    `Trainer` checkpoints adapter-sized and resumable (`sparta.adapter.hf`)."""
 
     def __init__(
         self,
@@ -41,7 +45,7 @@ class SpartaModel(nn.Module):
         self.base_model = model
         self.sparta_config = config
         # Expose the base model's forward signature (HF Trainer picks dataset columns from it).
-        self.forward = functools.partial(SpartaModel._forward, self)
+        self.forward = functools.partial(SpartaModel.forward, self)
         with contextlib.suppress(TypeError, ValueError):
             self.forward.__signature__ = inspect.signature(model.forward)
         self.head_names = [n for n, _ in model.named_modules() if n and is_head(n, config.head_modules)]
@@ -94,8 +98,11 @@ class SpartaModel(nn.Module):
                 p.requires_grad_(True)
 
     # -- access ----------------------------------------------------------------------------------------------------
-    def _forward(self, *args, **kwargs):  # noqa: ANN002, ANN003
-        return self.base_model(*args, **kwargs)
+    def forward(self, *args, labels=None, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        # `labels` is named so that HF Trainer, which reads the label names off the class's forward, finds them
+        if labels is not None:
+            kwargs["labels"] = labels
+        return self._call_base(*args, **kwargs)
 
     def __getattr__(self, name: str):  # noqa: ANN204
         try:
@@ -215,9 +222,33 @@ class SpartaModel(nn.Module):
 
     # -- files -----------------------------------------------------------------------------------------------------
     def save_pretrained(
-        self, path: str | Path, index_format: str = "seed", delta_dtype: str = "float32"
+        self,
+        save_directory: str | Path,
+        index_format: str = "seed",
+        delta_dtype: str = "float32",
+        *,
+        state_dict: dict | None = None,
+        safe_serialization: bool = True,
+        is_main_process: bool = True,
+        **kwargs,  # noqa: ANN003 - other transformers save options (max_shard_size, push_to_hub, ...): no meaning here
     ) -> Path:
-        return io.save_adapter(self, Path(path), index_format=index_format, delta_dtype=delta_dtype)
+        """Write the adapter files (`adapter_config.json`, `adapter_model.safetensors`) into `save_directory`.
+
+        Takes transformers' `save_pretrained` keywords: `is_main_process=False` writes nothing; the adapter is
+        always safetensors, and always the model's own tensors (a `state_dict` is refused, not ignored)."""
+        if state_dict is not None:
+            raise SpartaError(
+                "SpartaModel.save_pretrained writes the model's own deltas and head; it takes no state_dict "
+                "(load it first with load_state_dict)"
+            )
+        if not safe_serialization:
+            raise SpartaError(
+                "SpaRTA adapters are always safetensors (never pickle); drop safe_serialization=False"
+            )
+        path = Path(save_directory)
+        if is_main_process:
+            io.save_adapter(self, path, index_format=index_format, delta_dtype=delta_dtype)
+        return path
 
     @classmethod
     def from_pretrained(

@@ -1,6 +1,7 @@
 """Ranks of weight changes (paper Appendix A, Tables 7-8): full fine-tunes, PEFT LoRA and SpaRTA adapters.
 
-For every 2-D weight present in both models with the same shape, the rank of W_ft - W_base is counted from the
+For every 2-D weight present in both models with the same shape (names matched up to the task model's prefix:
+``bert.encoder...`` in a classifier is ``encoder...`` in its base), the rank of W_ft - W_base is counted from the
 singular values of the delta, computed exactly in float64 from the stored weights. Tensors are streamed one
 pair at a time from (possibly sharded) safetensors files, so memory stays at a couple of matrices.
 """
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from sparta.analysis.sources import SafetensorsDir, check_adapter_base, match_names, resolve_inputs
 from sparta.errors import SpartaError
 
 RULES = ("torch", "storage")
@@ -78,59 +80,6 @@ def rank_of(
         if threshold >= resolution * smax:
             break
     return int((sv > threshold).sum()), smax, threshold
-
-
-# ---------------------------------------------------------------------------------------------- safetensors
-
-
-class SafetensorsDir:
-    """Lazy access to the tensors of a model directory (single file, several files, or a sharded index)."""
-
-    def __init__(self, path: str | Path, what: str = "model"):
-        self.path = Path(path)
-        if not self.path.is_dir():
-            raise SpartaError(f"{what} directory {str(path)!r} does not exist")
-        index = sorted(self.path.glob("*.safetensors.index.json"))
-        self.files: dict[str, Path] = {}
-        if index:
-            try:
-                weight_map = json.loads(index[0].read_text())["weight_map"]
-            except (OSError, ValueError, KeyError) as err:
-                raise SpartaError(f"cannot read the shard index {index[0]}: {err}") from None
-            self.files = {k: self.path / v for k, v in weight_map.items()}
-        else:
-            for file in sorted(self.path.glob("*.safetensors")):
-                for key in self._open(file).keys():  # noqa: SIM118 - safe_open is not a dict
-                    self.files[key] = file
-        if not self.files:
-            raise SpartaError(
-                f"no *.safetensors weights in {self.path} (a Hugging Face model directory is needed)"
-            )
-        self._handles: dict[Path, Any] = {}
-
-    def _open(self, file: Path) -> Any:
-        try:
-            return safe_open(str(file), framework="pt")
-        except Exception as err:  # noqa: BLE001 - corrupt or missing shard
-            raise SpartaError(f"cannot open {file}: {err}") from None
-
-    def _handle(self, name: str) -> Any:
-        file = self.files[name]
-        if file not in self._handles:
-            self._handles[file] = self._open(file)
-        return self._handles[file]
-
-    def names(self) -> list[str]:
-        return list(self.files)
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._handle(name).get_slice(name).get_shape())
-
-    def dtype(self, name: str) -> str:
-        return str(self._handle(name).get_slice(name).get_dtype())
-
-    def get(self, name: str) -> torch.Tensor:
-        return self._handle(name).get_tensor(name)
 
 
 # ---------------------------------------------------------------------------------------------- records
@@ -259,10 +208,11 @@ def full_model_ranks(
     b, f = SafetensorsDir(base, "base model"), SafetensorsDir(finetuned, "fine-tuned model")
     report = RankReport("full", str(base), str(finetuned), describe_rule(rule, tol))
     skipped = {"not 2-D": 0, "shape mismatch": 0, "only in one model": 0}
-    common = [n for n in f.names() if n in b.files]
-    skipped["only in one model"] = len(set(f.files) ^ set(b.files))
-    for name in sorted(common, key=_natural):
-        shape = b.shape(name)
+    pairs = match_names(f.names(), b.names())  # fine-tuned name -> base name
+    skipped["only in one model"] = len(f.files) + len(b.files) - 2 * len(pairs)
+    for name in sorted(pairs, key=_natural):
+        base_name = pairs[name]
+        shape = b.shape(base_name)
         if len(shape) != 2:
             skipped["not 2-D"] += 1
             continue
@@ -276,7 +226,7 @@ def full_model_ranks(
             if rule == "storage"
             else 0.0
         )
-        delta.sub_(b.get(name))
+        delta.sub_(b.get(base_name))
         rank, smax, thr = rank_of(delta, rule, tol, bound)
         report.records.append(RankRecord(name, shape, rank, smax, thr, dtype))  # type: ignore[arg-type]
         del delta
@@ -350,8 +300,11 @@ def _load_sparse_deltas(adapter: Path) -> Iterator[tuple[str, tuple[int, ...], t
 
 
 def sparta_ranks(base: str | Path, adapter: str | Path, tol: float | None = None) -> RankReport:
-    """Ranks of the dense deltas of a SpaRTA adapter (random sparse matrices: usually full rank)."""
-    SafetensorsDir(base, "base model")
+    """Ranks of the dense deltas of a SpaRTA adapter (random sparse matrices: usually full rank), after checking
+    that `base` is the adapter's base model (its stored fingerprint: names, shapes, sampled values)."""
+    from sparta.adapter.io import read_adapter_config
+
+    check_adapter_base(read_adapter_config(Path(adapter)), SafetensorsDir(base, "base model"), Path(adapter))
     report = RankReport("sparta", str(base), str(adapter), describe_rule("torch", tol))
     skipped = {"not 2-D": 0}
     for name, shape, delta in _load_sparse_deltas(Path(adapter)):
@@ -374,24 +327,17 @@ def _adapter_config(path: str | Path) -> dict[str, Any]:
 
 
 def delta_ranks(
-    base: str | Path, finetuned: str | Path, rule: str = "torch", tol: float | None = None
+    base: str | Path | None, finetuned: str | Path, rule: str = "torch", tol: float | None = None
 ) -> RankReport:
-    """Dispatch: a PEFT LoRA adapter, a SpaRTA adapter, or a full fine-tuned model directory."""
+    """Dispatch: a PEFT LoRA adapter, a SpaRTA adapter, a full fine-tuned model directory, or a `sparta train` run
+    dir holding one of them. `base=None`: the base model the run or the adapter records."""
     if rule not in RULES:
         raise SpartaError(f"unknown tolerance rule {rule!r}; choose one of {', '.join(RULES)}")
     if tol is not None and not tol > 0:
         raise SpartaError(f"--tol must be a positive relative tolerance, got {tol}")
-    finetuned = Path(finetuned)
-    if not finetuned.is_dir():
-        raise SpartaError(f"fine-tuned model or adapter directory {str(finetuned)!r} does not exist")
-    if (finetuned / "adapter_config.json").is_file():
-        config = _adapter_config(finetuned)
-        if config.get("adapter_type") == "sparta":
-            return sparta_ranks(base, finetuned, tol)
-        if str(config.get("peft_type", "")).upper() == "LORA":
-            return lora_ranks(base, finetuned, tol)
-        raise SpartaError(
-            f"{finetuned}/adapter_config.json is neither a PEFT LoRA adapter nor a SpaRTA adapter "
-            f"(peft_type={config.get('peft_type')!r})"
-        )
-    return full_model_ranks(base, finetuned, rule, tol)
+    inputs = resolve_inputs(base, finetuned)
+    if inputs.kind == "sparta":
+        return sparta_ranks(inputs.base, inputs.finetuned, tol)
+    if inputs.kind == "lora":
+        return lora_ranks(inputs.base, inputs.finetuned, tol)
+    return full_model_ranks(inputs.base, inputs.finetuned, rule, tol)

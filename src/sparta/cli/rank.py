@@ -6,6 +6,7 @@ import argparse
 import json
 
 from sparta.analysis.rank import RULES, delta_ranks
+from sparta.errors import SpartaError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -13,11 +14,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "rank",
         help="ranks of W_ft - W_base per weight matrix (full fine-tunes, PEFT LoRA or SpaRTA adapters)",
         description="Rank of the change of every 2-D weight between BASE and FINETUNED (Hugging Face model "
-        "directories with safetensors, sharded or not), grouped like the paper's Tables 7-8. FINETUNED may also "
-        "be a PEFT LoRA adapter (rank of B A x scaling, at most r) or a SpaRTA adapter directory.",
+        "directories with safetensors, sharded or not; weight names matched up to the task model's prefix), "
+        "grouped like the paper's Tables 7-8. FINETUNED may also be a PEFT LoRA adapter (rank of B A x scaling, "
+        "at most r), a SpaRTA adapter (checked against BASE's weights first) or a `sparta train` run directory; "
+        "BASE may be left out when FINETUNED records its base model.",
     )
-    p.add_argument("base", help="base (pre-trained) model directory")
-    p.add_argument("finetuned", help="fine-tuned model directory, or a LoRA / SpaRTA adapter directory")
+    p.add_argument("paths", nargs="+", metavar="[BASE] FINETUNED",
+                   help="base (pre-trained) model directory, then a fine-tuned model, adapter or run directory")  # fmt: skip
     p.add_argument(
         "--tol",
         type=float,
@@ -35,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    report = delta_ranks(args.base, args.finetuned, rule=args.rule, tol=args.tol)
+    if len(args.paths) > 2:
+        raise SpartaError(f"sparta rank takes [BASE] FINETUNED, got {len(args.paths)} paths")
+    base, finetuned = args.paths if len(args.paths) == 2 else (None, args.paths[0])
+    report = delta_ranks(base, finetuned, rule=args.rule, tol=args.tol)
     print(json.dumps(report.to_dict(), indent=1) if args.json else report.format())
     return 0

@@ -9,6 +9,7 @@ import numpy as np
 
 from sparta.errors import SpartaError
 from sparta.tasks.files import read_records
+from sparta.tasks.labels import warn_missing_eval_classes
 from sparta.tasks.prompts import format_input
 from sparta.tasks.specs import TaskSpec, get_task
 
@@ -48,7 +49,8 @@ def load_splits(
     Dev is carved with a fixed seed from train (IMDB: from test) unless the task has dev files; train is then capped
     at ``task.train_cap``. ``max_train_samples`` keeps a subset of train drawn with ``seed``; ``max_eval_samples``
     keeps a fixed-seed subset of dev and of test. Every list keeps the file order. Over-long examples are dropped
-    separately, with :func:`filter_by_length`, as that needs the tokenizer.
+    separately, with :func:`filter_by_length`, as that needs the tokenizer. A dev or test split without some
+    training class (a small ``max_eval_samples`` may not draw it) is logged as a warning.
     """
     task = get_task(task)
     for name, n in (("max_train_samples", max_train_samples), ("max_eval_samples", max_eval_samples)):
@@ -70,7 +72,9 @@ def load_splits(
             _subset(dev, max_eval_samples, SPLIT_SEED + 1),
             _subset(test, max_eval_samples, SPLIT_SEED + 2),
         )
-    return {"train": train, "dev": dev, "test": test}
+    splits = {"train": train, "dev": dev, "test": test}
+    warn_missing_eval_classes(task.label_names, splits, max_eval_samples)
+    return splits
 
 
 def filter_by_length(

@@ -6,7 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from sparta.errors import SpartaError
-from sparta.tasks.files import DATA_SUFFIXES, read_records
+from sparta.tasks import labels as L
+from sparta.tasks.files import DATA_SUFFIXES, read_located
 
 YES_NO = "Respond Yes or No."
 METRICS = ("accuracy", "mcc", "f1")  # implemented in sparta.tasks.metrics
@@ -112,19 +113,27 @@ def get_task(
     data_files: dict[str, str] | None = None,
     num_labels: int | None = None,
     label_names: tuple[str, ...] | None = None,
+    allow_rare_labels: bool = False,
     **overrides,
 ) -> TaskSpec:
     """Return the spec of a built-in task, with any TaskSpec field overridden by keyword (``text_fields=...``).
 
     ``name="custom"`` (or a path to a .csv/.tsv/.jsonl/.json[.gz] training file) builds a task from ``data_files``
     (``{"train": path, "dev": path, "test": path}``; dev and test optional), see :func:`custom_task`.
+    `allow_rare_labels` only concerns custom tasks (the built-in tasks' labels are known).
     """
     key = name.name if isinstance(name, TaskSpec) else str(name).strip()
     if not isinstance(name, TaskSpec) and (key.lower() == "custom" or key.lower().endswith(DATA_SUFFIXES)):
         files = dict(data_files or {})
         if key.lower() != "custom":
             files.setdefault("train", key)
-        return custom_task(files, num_labels=num_labels, label_names=label_names, **overrides)
+        return custom_task(
+            files,
+            num_labels=num_labels,
+            label_names=label_names,
+            allow_rare_labels=allow_rare_labels,
+            **overrides,
+        )
     if data_files:
         raise SpartaError(
             f"data_files is only for custom tasks; for {key!r} pass a data dir holding {key}/<split>.jsonl.gz"
@@ -158,13 +167,19 @@ def custom_task(
     label_field: str = "label",
     num_labels: int | None = None,
     label_names: tuple[str, ...] | None = None,
+    allow_rare_labels: bool = False,
     **overrides,
 ) -> TaskSpec:
     """Build a task from CSV/TSV/JSONL/JSON files (optionally gzipped).
 
     Int labels (or int-like strings, as CSV gives) are used as ids, ``num_labels`` defaulting to max + 1. Other
-    string labels are mapped to ids in sorted order (or in the order of ``label_names`` when given). -1, empty and
-    null mark unlabelled rows (GLUE test splits): like any label outside the task's, a SpartaError naming the file.
+    string labels are mapped to ids in sorted order. ``label_names`` names the classes in id order: the label
+    values (strings, or ints written as text), or, for an int column whose values are none of them, the names of
+    ids 0..len-1. -1, empty and null mark unlabelled rows (GLUE test splits): like any label outside the task's,
+    a SpartaError naming the file.
+    Unless ``label_names`` is given, a column mixing int and other labels is an error (a typo would be a class);
+    unless ``label_names``, ``num_labels`` or ``allow_rare_labels`` is given, so is a class with very few training
+    rows or a dev/test label absent from train (`sparta.tasks.labels`).
     Without a dev file, 10% of train (at most 1000) is carved off as dev; without a test file the test split is
     empty.
     """
@@ -176,20 +191,33 @@ def custom_task(
     text_fields = (text_fields,) if isinstance(text_fields, str) else tuple(text_fields)
     files = tuple((_CUSTOM_SPLITS[k], str(v)) for k, v in data_files.items())
     labels: list[tuple[str, list[object]]] = []  # (file, its label values)
+    columns: list[L.LabelColumn] = []  # the labelled rows of each file, with their line numbers
     n_train = 0
     for split, path in files:
-        rows = read_records(path)
+        rows, where = read_located(path)
         for col in (*text_fields, label_field):
             if col not in rows[0]:
                 raise SpartaError(
                     f"{path}: column {col!r} not found; the columns are {', '.join(map(repr, rows[0]))}"
                 )
-        labels.append((path, [r.get(label_field) for r in rows]))
+        values = [r.get(label_field) for r in rows]
+        labels.append((path, values))
+        kept = [(v, w) for v, w in zip(values, where, strict=True) if not _unlabelled(v)]
+        columns.append(L.LabelColumn(split, path, [v for v, _ in kept], [w for _, w in kept]))
         n_train += len(rows) if split == "train" else 0
-    given = [v for _, values in labels for v in values if not _unlabelled(v)]
-    ints = label_names is None and bool(given) and all(_intlike(v) for v in given)
+    given = [v for c in columns for v in c.values]
+    declared = label_names is not None
+    if not declared:
+        L.check_mixed_types(columns)
+    all_int = bool(given) and all(_intlike(v) for v in given)
+    # an int column with names for its ids (--labels neg,pos over 0/1), rather than the values themselves
+    by_id = declared and all_int and not {str(int(v)) for v in given} & set(map(str, label_names))
+    ints = all_int and (not declared or by_id)
     label_values: tuple[str, ...] = ()
-    if ints:
+    if by_id:
+        label_names = tuple(map(str, label_names))
+        expected = f"ints 0..{len(label_names) - 1} (ids of the {len(label_names)} label_names)"
+    elif ints:
         n = num_labels or max(int(v) for v in given) + 1
         label_names = tuple(str(i) for i in range(n))
         expected = f"ints 0..{n - 1} (num_labels={n})"
@@ -199,8 +227,9 @@ def custom_task(
     else:
         label_names = label_values = tuple(sorted({str(v) for v in given}))
         expected = f"among the labels {list(label_values)}" if label_values else "class labels"
+    valid = {str(i) for i in range(len(label_names))} if by_id else set(label_names)
     for path, values in labels:
-        _check_labels(path, label_field, values, set(label_names), ints, expected)
+        _check_labels(path, label_field, values, valid, ints, expected)
     if num_labels is not None and num_labels != len(label_names):
         raise SpartaError(f"num_labels={num_labels} but the custom task has labels {list(label_names)}")
     words = tuple(overrides.pop("label_words", None) or label_names)
@@ -219,7 +248,12 @@ def custom_task(
         "test_splits": ("test",),
         "dev_splits": ("dev",) if any(s == "dev" for s, _ in files) else (),
     }
-    return _validate(TaskSpec(**(fields | _tuples(_clean(overrides)))))
+    spec = _validate(TaskSpec(**(fields | _tuples(_clean(overrides)))))
+    if not (declared or num_labels is not None or allow_rare_labels):
+        key = (lambda v: str(int(v))) if ints else str
+        L.check_unseen(columns, key)
+        L.check_rare(columns, label_names, key)
+    return spec
 
 
 def _validate(spec: TaskSpec) -> TaskSpec:
@@ -241,10 +275,7 @@ def _validate(spec: TaskSpec) -> TaskSpec:
     return spec
 
 
-def _intlike(v: object) -> bool:
-    if isinstance(v, bool | int):
-        return True
-    return isinstance(v, str) and v.strip().lstrip("-").isdigit()
+_intlike = L.is_int
 
 
 def _unlabelled(v: object) -> bool:

@@ -73,6 +73,18 @@ class TrainConfig:
         None, group="task", help="comma-separated answer word per label, used to initialise instruct heads"
     )
     instruction: str | None = option(None, group="task", help="the task instruction given to instruct models")
+    labels: list[str] | None = option(
+        None,
+        group="task",
+        help="comma-separated class names in id order (custom tasks: the label values, or names of ids 0..)",
+    )
+    allow_rare_labels: bool = option(
+        False,
+        group="task",
+        const=True,
+        help="custom tasks: train even with a class of under 3 (or 0.5%) training rows or an eval label absent "
+        "from train",
+    )
     # data
     max_train_samples: int | None = option(None, group="data", help="cap on training examples")
     max_eval_samples: int | None = option(None, group="data", help="cap on dev and test examples")

@@ -54,6 +54,24 @@ class Runtime:
             )
         return cls(acc.process_index, acc.num_processes, acc)
 
+    def describe(self) -> str:
+        """One line for the run log: how many processes, which engine and collective backend, which device.
+
+        `accelerate launch --cpu --num_processes N` starts a single process in accelerate 1.15 (its --cpu path is
+        the plain launcher; N CPU processes need mpirun there), which would otherwise go unnoticed."""
+        if not self.distributed:
+            line = "processes: 1 (no distributed launch)"
+            if os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true":
+                line += (
+                    "; `accelerate launch --cpu` starts one process whatever --num_processes says: for N CPU "
+                    "processes use `accelerate launch --multi_gpu --num_processes N ... sparta train --device cpu`"
+                )
+            return line
+        backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else "none"
+        engine = str(self.accelerator.distributed_type).rsplit(".", 1)[-1]
+        device = getattr(self.accelerator, "device", "unknown device")
+        return f"processes: {self.world} ({engine}, {backend} backend, {device})"
+
     @property
     def is_main(self) -> bool:
         return self.rank == 0

@@ -39,6 +39,7 @@ from sparta.objectives.batching import BatchStream
 from sparta.runs.layout import (
     RESULTS_FILE,
 )
+from sparta.tasks import build_task
 from sparta.train import checkpoint as C
 from sparta.train.config import TrainConfig
 from sparta.train.distributed import Runtime, launched_distributed
@@ -46,7 +47,7 @@ from sparta.train.logs import RunLogger
 from sparta.train.outputs import results_document, run_info, write_outputs
 from sparta.train.rates import resolve_lr
 from sparta.train.schedule import Schedule
-from sparta.train.setup import Setup, apply_method, open_run, set_up
+from sparta.train.setup import Setup, apply_method, open_run, set_up, task_args
 from sparta.train.stopping import EarlyStopping
 
 logger = logging.getLogger(__name__)
@@ -282,13 +283,18 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
     """
     rt = Runtime.from_launch(cfg.device) if launched_distributed() else Runtime.single()
     with _rank_zero_logging(rt):
+        logger.info(rt.describe())  # processes and backend first: a launch that started fewer shows at once
         cfg, lr_note = resolve_lr(
             cfg
         )  # lr None: the method's default, which the run uses and results.json records
         if lr_note:
             logger.info(lr_note)
+        targs = task_args(cfg)
+        task = build_task(
+            targs
+        )  # before open_run: a data error must not cost the run that --overwrite replaces
         output, ckpt = open_run(cfg, rt)
-        s = set_up(cfg, rt)
+        s = set_up(cfg, rt, targs, task)
 
         def run_eval(split: str, model: nn.Module | None = None) -> dict:  # noqa: E306
             eval_bs = cfg.eval_batch_size or 2 * cfg.batch_size

@@ -26,7 +26,8 @@ from sparta.models import (
 )
 from sparta.objectives import objective_for
 from sparta.runs.layout import prepare_output
-from sparta.tasks import build_task, format_input, load_splits
+from sparta.tasks import format_input, load_splits
+from sparta.tasks.labels import class_counts
 from sparta.train import checkpoint as C
 from sparta.train.config import TrainConfig
 from sparta.train.distributed import Runtime
@@ -54,6 +55,8 @@ def task_args(cfg: TrainConfig) -> dict[str, Any]:
         "label_field": cfg.label_field,
         "label_words": tuple(cfg.label_words) if cfg.label_words else None,
         "instruction": cfg.instruction,
+        "label_names": tuple(cfg.labels) if cfg.labels else None,
+        "allow_rare_labels": cfg.allow_rare_labels or None,
     }
     args: dict[str, Any] = {"name": cfg.task, **{k: v for k, v in overrides.items() if v is not None}}
     if files:
@@ -105,6 +108,7 @@ def encode_splits(cfg: TrainConfig, objective, task, tokenizer, instruct: bool, 
         f"data: train {len(train_data)} (dropped {train_data.dropped} > {max_length} tokens), "
         f"dev {len(enc['dev'])}, test {len(enc['test'])}; {'instruct' if instruct else 'base'} model {cfg.model}"
     )
+    logger.info(f"classes (training examples): {class_counts(task.label_names, train_data.labels)}")
     return splits, enc, max_length
 
 
@@ -127,13 +131,12 @@ class Setup:
     head_info: dict
 
 
-def set_up(cfg: TrainConfig, rt: Runtime) -> Setup:
-    """Seeds, device, task and objective, model and tokenizer, encoded data, the head's initial state."""
+def set_up(cfg: TrainConfig, rt: Runtime, targs: dict[str, Any], task) -> Setup:
+    """Seeds, device, objective, model and tokenizer, encoded data, the head's initial state (the task is built
+    by the caller before the output dir is touched: a data error must not cost the run --overwrite replaces)."""
     seed_everything(cfg.seed)
     device, dtype = pick_device(cfg.device, cfg.dtype)
     device = rt.device(device)
-    targs = task_args(cfg)
-    task = build_task(targs)
     objective = objective_for(task)
     method = get_method(cfg.method)
     resolved, model, tokenizer = load_model_and_tokenizer(cfg.model, objective, task.num_labels, dtype,
@@ -184,8 +187,8 @@ def resolve_output(cfg: TrainConfig) -> str:
 
 
 def check_resumable(cfg: TrainConfig, saved: dict, where: Path) -> None:
-    now = cfg.to_dict()
-    changed = [k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]]
+    now, defaults = cfg.to_dict(), TrainConfig().to_dict()  # a setting newer than the checkpoint: its default
+    changed = [k for k in now if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != now[k]]
     if changed:
         shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
         raise SpartaError(f"cannot resume {where}: settings differ from the checkpoint's ({shown})")
