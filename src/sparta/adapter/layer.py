@@ -260,6 +260,31 @@ class SpartaLinear(nn.Module):
         self.sparta_delta = nn.Parameter(torch.zeros(nnz, dtype=delta_dtype, device=device))
         self._state = _SyncState()
 
+    def set_positions(self, flat_indices: torch.Tensor, delta: torch.Tensor) -> None:
+        """Move this layer's adapter to other positions phi' with other deltas, in place and in O(m).
+
+        The pretrained values go back at the old phi first (from `sparta_orig`, never by subtracting), so the
+        weight is bitwise W0 in between; then W0 is read at phi' and W0 + delta' merged there on the next forward.
+        Used to switch between adapters loaded for one base model (`SpartaModel.set_adapter`)."""
+        self.write_original()
+        rows, cols = self.weight.shape
+        device = self.weight.device
+        flat = flat_indices.to(device=device, dtype=torch.int64)
+        counts = torch.bincount(flat // cols, minlength=rows)
+        crow = torch.zeros(rows + 1, dtype=torch.int64, device=device)
+        torch.cumsum(counts, 0, out=crow[1:])
+        index_dtype = self.sparta_crow.dtype
+        self.sparta_flat = flat
+        self.sparta_crow = crow.to(index_dtype)
+        self.sparta_col = (flat % cols).to(index_dtype)
+        self.sparta_orig = self.weight.detach().reshape(-1)[flat].clone()
+        requires_grad = self.sparta_delta.requires_grad
+        self.sparta_delta = nn.Parameter(
+            delta.to(device=device, dtype=self.sparta_delta.dtype).clone(), requires_grad=requires_grad
+        )
+        self._state.key, self._state.dirty = None, True
+        self.sync(force=True)
+
     @property
     def base_layer(self) -> nn.Module:
         return self._base

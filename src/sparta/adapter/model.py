@@ -19,6 +19,7 @@ from sparta.adapter.fingerprint import model_fingerprint
 from sparta.adapter.hf import TrainerCompat
 from sparta.adapter.layer import SparseVectorDelta, SpartaLinear
 from sparta.adapter.sampling import count_indices, sample_indices
+from sparta.adapter.switching import AdapterSwitching
 from sparta.adapter.targets import AdaptedParam, Conv1D, find_targets, is_head
 from sparta.errors import SpartaError
 
@@ -28,7 +29,7 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
-class SpartaModel(TrainerCompat, nn.Module):
+class SpartaModel(AdapterSwitching, TrainerCompat, nn.Module):
     """A transformers (or any torch) model with SpaRTA adapters; `forward` is the base model's forward.
 
     `state_dict()` / `load_state_dict()` hold the adapter only (the deltas and the head), which is what makes HF
@@ -113,6 +114,7 @@ class SpartaModel(TrainerCompat, nn.Module):
             return getattr(self.base_model, name)
 
     def sparta_layers(self) -> Iterator[tuple[str, SpartaLinear]]:
+        """Every SpaRTA layer, the active adapter's and those other loaded adapters wrapped (`load_adapter`)."""
         for name, module in self.base_model.named_modules():
             if isinstance(module, SpartaLinear):
                 yield name, module
@@ -252,7 +254,12 @@ class SpartaModel(TrainerCompat, nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, base_model: nn.Module, path: str | Path, *, is_trainable: bool = False
+        cls,
+        base_model: nn.Module,
+        path: str | Path,
+        *,
+        is_trainable: bool = False,
+        adapter_name: str = "default",
     ) -> SpartaModel:
         """Wrap `base_model` with the adapter saved in `path`, after checking it is the adapter's base model.
 
@@ -269,6 +276,7 @@ class SpartaModel(TrainerCompat, nn.Module):
                     p.copy_(saved.heads[name].to(p.dtype))
                 p.requires_grad_(is_trainable)
         model.sync_weights()
+        model.__dict__["_active_adapter"] = adapter_name
         return model
 
 

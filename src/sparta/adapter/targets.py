@@ -51,13 +51,16 @@ def in_head(name: str, heads: list[str]) -> bool:
     return any(is_head(".".join(parts[:i]), heads) for i in range(1, len(parts) + 1))
 
 
+def _is_linear(module: nn.Module) -> bool:
+    """A Linear or Conv1D layer, or a SpaRTA layer wrapping one (so an adapted model can take another adapter)."""
+    return isinstance(module, LINEAR_TYPES) or isinstance(getattr(module, "base_layer", None), LINEAR_TYPES)
+
+
 def find_targets(model: nn.Module, config: SpartaConfig) -> list[AdaptedParam]:
     """The tensors SpaRTA adapts for `config`, in model order; a SpartaError if the targets match nothing."""
     in_blocks = _block_module_names(model)
     linear = [
-        (n, m)
-        for n, m in model.named_modules()
-        if isinstance(m, LINEAR_TYPES) and not in_head(n, config.head_modules)
+        (n, m) for n, m in model.named_modules() if _is_linear(m) and not in_head(n, config.head_modules)
     ]
     if config.target_modules == ALL_LINEAR:
         chosen = [(n, m) for n, m in linear if n in in_blocks]
