@@ -52,7 +52,8 @@ def test_the_real_harmless_pairs_split_and_carve_deterministically(shared_data):
     path = shared_data / "hh-rlhf-harmless" / "test.jsonl.gz"
     if not path.is_file():
         pytest.skip(f"{path} absent")
-    rows = [json.loads(line) for line in gzip.open(path, "rt")]
+    with gzip.open(path, "rt") as f:
+        rows = [json.loads(line) for line in f]
     results = [split_dialogue_pair(r["chosen"], r["rejected"]) for r in rows]
     kept = [p for p, _ in results if p is not None]
     assert len(rows) == 2312 and len(kept) > 2300
