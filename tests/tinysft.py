@@ -61,8 +61,7 @@ def write_sft_run(
     """An SFT run dir on the tiny causal LM in `base`, its trained change drawn from `seed`."""
     torch.manual_seed(seed + 1000)
     net = AutoModelForCausalLM.from_pretrained(str(base))
-    if lm_head != "frozen":
-        untie_lm_head(net)
+    untied = lm_head != "frozen" and untie_lm_head(net)
     out.mkdir(parents=True)
     if method == "sparta":
         heads = ["lm_head"] if lm_head == "train" else []
@@ -85,6 +84,6 @@ def write_sft_run(
     else:
         raise ValueError(method)
     AutoTokenizer.from_pretrained(str(base)).save_pretrained(out / "tokenizer")
-    info = run_info(base, method, lm_head, task, instruct=instruct, seed=seed)
+    info = run_info(base, method, lm_head, task, instruct=instruct, seed=seed, lm_head_untied=untied)
     (out / "run.json").write_text(json.dumps(info, indent=1))
     return out

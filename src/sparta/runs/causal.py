@@ -4,8 +4,9 @@ An SFT run (run.json with objective "language-modelling") is its base model load
 ``AutoModelForCausalLM`` with the method's adapter on top (SpaRTA's `SpartaModel.from_pretrained`, PEFT's
 `PeftModel.from_pretrained`; full fine-tuning: the run's own model/), an exported or merged causal LM is a plain
 transformers directory, and a base model is a registry alias, hub id or directory. A run that trained the LM
-head (run.json ``lm_head`` "train" or "sparse") on a model whose head shares the input embedding trained an
-untied copy of it, so its base is untied before the adapter is attached (`untie_lm_head`); its export is untied.
+head (run.json ``lm_head`` "train" or "sparse", ``lm_head_untied``) on a model whose head shares the input
+embedding trained an untied copy of it, so its base is untied before the adapter is attached (`untie_lm_head`);
+its export is untied.
 """
 
 from __future__ import annotations
@@ -83,7 +84,9 @@ def open_causal_run(run_dir: Path, info: dict[str, Any], dtype: torch.dtype) -> 
     model.config.pad_token_id = tokenizer.pad_token_id
     if method.saves_model:
         return model, tokenizer
-    if info.get("lm_head", FROZEN_HEAD) != FROZEN_HEAD:
+    # run.json "lm_head_untied" says whether training untied the head; runs that only name the mode untie when
+    # the head trained (untying an untied head does nothing)
+    if info.get("lm_head_untied", info.get("lm_head", FROZEN_HEAD) != FROZEN_HEAD):
         untie_lm_head(model)
     return method.load(model, run_dir / ADAPTER_DIR), tokenizer
 

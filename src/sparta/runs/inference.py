@@ -141,7 +141,7 @@ def predict_tasks(
 ) -> list[dict[str, dict[str, Any]]]:
     """For each input: {task: {"label", "probabilities"}} for every task (or those named), one backbone pass
     per distinct prompt format."""
-    _check_classifier(loaded)
+    check_classifier(loaded)
     names = tasks or list(loaded.tasks)
     examples = {n: examples_from_texts(loaded.head(n).spec, texts) for n in names}
     counts = {len(v) for v in examples.values()}
@@ -161,7 +161,7 @@ def predict(
     loaded: Loaded, examples: list[dict], task: str | None = None, batch_size: int = 32
 ) -> list[dict]:
     """For each example of one task: the predicted label name and the probability of every label."""
-    _check_classifier(loaded)
+    check_classifier(loaded)
     head = loaded.head(task)
     data = encode(loaded, head.name, examples)
     logits = scores(loaded, data, [head.name], batch_size)[head.name]
@@ -169,7 +169,8 @@ def predict(
     return [_label(names, p) for p in logits.softmax(-1)]
 
 
-def _check_classifier(loaded: Loaded) -> None:
+def check_classifier(loaded: Loaded) -> None:
+    """A SpartaError when `loaded` is a causal LM, which answers by generating, not with labels."""
     if loaded.causal_lm:
         raise SpartaError(
             "this is a causal LM (an SFT run or a base model), not a classifier; use `sparta generate`"

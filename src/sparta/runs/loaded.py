@@ -160,6 +160,8 @@ def open_model(
             "model, pass --task"
         )
     dev, torch_dtype = pick_device(device, dtype)
+    if info:  # a run or export records its objective (runs from before SFT: classification)
+        _check_objective(path, info.get("objective", "classification"), objective)
     spec = _task_from(info, task) if task is not None or info.get("task") or not generating else None
     found = get_objective(_objective_name(path, info, spec, objective))
     if found.model_kind == "causal-lm":
