@@ -12,7 +12,7 @@ import torch
 
 from sparta.cli import main
 from sparta.runs import generate_texts, open_model
-from tinysft import lm_objective, write_sft_run
+from tinysftruns import lm_objective, write_sft_run
 
 torch.set_num_threads(1)
 

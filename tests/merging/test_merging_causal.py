@@ -15,7 +15,7 @@ from sparta.adapter import iter_dense_deltas
 from sparta.adapter.io import read_heads
 from sparta.merging import merge_adapters, refit_heads
 from sparta.runs import generate_texts, open_model
-from tinysft import lm_objective, write_sft_run
+from tinysftruns import lm_objective, write_sft_run
 
 torch.set_num_threads(1)
 

@@ -19,7 +19,7 @@ from sparta import SpartaError, SpartaModel
 from sparta.objectives.generation import generate, generation_config
 from sparta.runs import export_run, generate_texts, open_model
 from sparta.runs.generation import prompt_ids
-from tinysft import lm_objective, write_sft_run
+from tinysftruns import lm_objective, write_sft_run
 
 torch.set_num_threads(1)
 
@@ -181,3 +181,47 @@ def test_an_exported_sft_run_generates_the_adapters_tokens_without_sparta(sft, t
         with safe_open(str(exports[name] / "model.safetensors"), "pt") as f:
             head, embeddings = f.get_tensor("lm_head.weight"), f.get_tensor("model.embed_tokens.weight")
         assert not torch.equal(head, embeddings)
+
+
+def _sft_task(root: Path) -> dict:
+    """A custom chat task (train and test JSONL files of user/assistant turns), as run.json records it."""
+    words = ["the movie was good", "a very bad plot", "music scene", "the ending is really bad", "good actor"]
+    rows = [{"messages": [{"role": "user", "content": w}, {"role": "assistant", "content": "Yes" if "good" in w
+             else "No"}]} for w in words]  # fmt: skip
+    root.mkdir()
+    for split in ("train", "test"):
+        (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    files = {split: str(root / f"{split}.jsonl") for split in ("train", "test")}
+    return {"name": "custom", "objective": LM, "data_files": files}
+
+
+def test_an_sft_run_evaluates_its_answer_loss_and_exact_match(tmp_path, instruct_model_dir):
+    pytest.importorskip("sparta.objectives.language_modelling")
+    chat = pytest.importorskip("sparta.tasks.chat")
+    from sparta.runs import evaluate
+    from sparta.tasks import exact_match, load_splits
+
+    run = write_sft_run(tmp_path / "run", instruct_model_dir, task=_sft_task(tmp_path / "data"))
+    loaded = open_model(run, device="cpu")
+    spec, tok = loaded.head().spec, loaded.tokenizer
+    assert loaded.causal_lm and spec.objective == LM
+    metrics = evaluate(loaded, split="test", generate=True, max_new_tokens=4)
+    examples = load_splits(spec, None, seed=0)["test"]
+    # by hand: the mean NLL of the answer tokens, each predicted from the tokens before it
+    nll, count = 0.0, 0
+    for example in examples:
+        ids, mask = chat.encode_example(spec, example, tok, True)
+        logp = torch.log_softmax(_logits(loaded.model, torch.tensor([ids]))[0], -1)
+        for i in range(1, len(ids)):
+            if mask[i]:
+                nll, count = nll - logp[i - 1, ids[i]].item(), count + 1
+    assert metrics["loss"] == pytest.approx(nll / count, rel=1e-4)
+    prompts = [chat.prompt_ids(spec, ex, tok, True) for ex in examples]
+    texts = generate(loaded.model, tok, prompts, max_new_tokens=4)
+    hits = [
+        exact_match(spec, t, chat.reference_text(spec, ex)) for t, ex in zip(texts, examples, strict=True)
+    ]
+    assert metrics["exact_match"] == pytest.approx(sum(hits) / len(hits))
+    assert set(evaluate(loaded, split="test")) == {
+        "loss"
+    }  # a custom SFT task scores no generations by default
