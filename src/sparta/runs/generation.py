@@ -3,9 +3,9 @@ then `sparta.objectives.generation.generate` (batched, left-padded, KV cache).
 
 An instruct model's prompt goes through its chat template with the generation prompt appended (the task's system
 prompt first, when the run's task has one and the turns bring none). A base model continues a plain string as
-it is, unless it was fine-tuned on chat turns (its task's format is "messages"): then the string is a user turn,
-rendered as in its training. Rendered chat text holds the template's special tokens, so it is tokenised without
-adding any; a plain continuation gets the tokenizer's usual ones (BOS).
+it is, unless it was fine-tuned on turns (its task's format is "messages" or "prompt-completion"): then the
+string is a user turn, rendered in the plain template it was trained with. Rendered turns hold the special tokens
+they need, so they are tokenised without adding any; a plain continuation gets the tokenizer's usual ones (BOS).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ except ImportError:  # pragma: no cover - present once the SFT data layer is ins
 
 Prompt = str | list[dict[str, str]]
 ROLES = ("system", "user", "assistant")
+TURN_FORMATS = ("messages", "prompt-completion")  # task formats whose examples are turns (not plain text)
 
 
 def check_messages(messages: Any, where: str = "messages") -> list[dict[str, str]]:
@@ -80,18 +81,21 @@ def _system_prompt(loaded: Loaded) -> str | None:
 
 
 def _chat_format(loaded: Loaded) -> bool:
-    """Whether a plain string is a user turn: on instruct models, and on base models fine-tuned on chat turns."""
+    """Whether a plain string is a user turn: on instruct models, and on base models fine-tuned on turns."""
     if loaded.instruct:
         return True
-    return len(loaded.tasks) == 1 and getattr(loaded.head().spec, "format", None) == "messages"
+    return len(loaded.tasks) == 1 and getattr(loaded.head().spec, "format", "text") in TURN_FORMATS
 
 
-def _render(messages: list[dict[str, str]], tokenizer: Any, instruct: bool) -> str:
-    if render_messages is not None:
-        return render_messages(messages, tokenizer, instruct, add_generation_prompt=True)
+def _encode_turns(messages: list[dict[str, str]], tokenizer: Any, instruct: bool) -> list[int]:
+    """Token ids of chat turns rendered for generation (ending with the assistant's generation prompt)."""
+    if render_messages is not None:  # its rendering holds every special token it needs (BOS included)
+        text = render_messages(messages, tokenizer, instruct, add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
     if instruct:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return "\n".join(turn["content"] for turn in messages) + "\n"
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer("\n".join(turn["content"] for turn in messages) + "\n")["input_ids"]
 
 
 def prompt_ids(loaded: Loaded, prompt: Prompt, system: str | None = None) -> list[int]:
@@ -106,8 +110,7 @@ def prompt_ids(loaded: Loaded, prompt: Prompt, system: str | None = None) -> lis
     system = system or _system_prompt(loaded)
     if system and messages[0]["role"] != "system":
         messages = [{"role": "system", "content": system}, *messages]
-    text = _render(messages, tokenizer, loaded.instruct)
-    return tokenizer(text, add_special_tokens=not loaded.instruct)["input_ids"]
+    return _encode_turns(messages, tokenizer, loaded.instruct)
 
 
 def generate_texts(
