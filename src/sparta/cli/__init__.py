@@ -19,6 +19,8 @@ COMMAND_MODULES = [
     "train",
     "evaluate",
     "predict",
+    "generate",
+    "chat",
     "merge",
     "export",
     "memory",

@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "eval",
         aliases=["evaluate"],
         help="evaluate a trained run (or a merged, exported or base model) on a task split",
-        description="Rebuild the classifier from DIR (a `sparta train` output, a `sparta merge` output, an HF model "
+        description="Rebuild the model from DIR (a `sparta train` output, a `sparta merge` output, an HF model "
         "dir, or a model name with --task) and print its metrics on one split; --output writes a results.json of "
         "the same shape as training's.",
     )
@@ -34,6 +34,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="examples per batch (default: 32)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--dtype", choices=DTYPE_NAMES, help="model dtype")
+    parser.add_argument(
+        "--generate",
+        action=argparse.BooleanOptionalAction,
+        help="SFT runs: also score greedy generations (exact match); default: when the task asks for it (GSM8K)",
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=256, help="most tokens per generation with --generate (256)"
+    )
     parser.add_argument("--output", metavar="DIR", help="write DIR/results.json with these metrics")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing results.json in --output"
@@ -49,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     if loaded.kind == "merged" and not args.task:
         raise SpartaError(f"{args.dir} is a merged model; pass --task, one of {', '.join(loaded.tasks)}")
     head = loaded.head(args.task if loaded.kind == "merged" else None)
-    metrics = evaluate(loaded, head.name, args.split, args.data_dir, args.max_eval_samples, args.batch_size)
+    metrics = evaluate(loaded, head.name, args.split, args.data_dir, args.max_eval_samples, args.batch_size,
+                       generate=args.generate, max_new_tokens=args.max_new_tokens)  # fmt: skip
     shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
     merged = " (merged)" if loaded.kind == "merged" else ""
     print(f"{head.spec.name if not merged else head.name} {args.split}{merged}: {shown}")

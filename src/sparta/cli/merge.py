@@ -1,5 +1,6 @@
-"""`sparta merge`: add SpaRTA adapters of one base model into a multi-head model (paper section 8); `sparta eval`
-and `sparta predict` open its output like any other directory."""
+"""`sparta merge`: add SpaRTA adapters of one base model into a multi-head model (paper section 8), or SFT adapters
+into one causal LM; `sparta eval`, `sparta predict` and `sparta generate` open its output like any other
+directory."""
 
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ EPILOG = """examples:
   sparta merge runs/sst2 runs/cola --output merged/sst2-cola --refit-heads --eval
   sparta predict merged/sst2-cola "the movie was a delight"
   sparta eval merged/sst2-cola --task cola
+  sparta merge runs/gsm8k runs/chat --weights 0.5,0.5 --output merged/sft && sparta generate merged/sft "Hi"
 
 ADAPTER is a `sparta train` output dir (run.json + adapter/) or a bare adapter dir. The output dir is a Hugging Face
-checkpoint of the merged base model plus heads/<task>.safetensors and merged.json (tasks and interaction report)."""
+checkpoint of the merged base model plus heads/<task>.safetensors and merged.json (tasks and interaction report);
+adapters of language-modelling (SFT) runs merge into one causal LM with no heads."""
 
 
 def _floats(text: str) -> list[float]:
@@ -33,7 +36,7 @@ def _floats(text: str) -> list[float]:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "merge",
-        help="merge SpaRTA adapters into one multi-head model",
+        help="merge SpaRTA adapters into one multi-head model (SFT adapters: one causal LM)",
         description="W = W0 + sum_i w_i * scatter(phi_i, delta_i) over adapters trained on the same base model; "
         "each task keeps its head. Reports index overlap and sign conflicts between adapters.",
         epilog=EPILOG,
@@ -94,8 +97,9 @@ def run(args: argparse.Namespace) -> int:
     n = len(doc["tasks"])
     print(f"merged {n} adapter{'s' * (n != 1)} into {args.output} (base {doc['base_model']})")
     for t in doc["tasks"]:
+        labels = f"{t['num_labels']} labels" if "num_labels" in t else f"LM head {t['lm_head']}"
         print(f"  {t['name']}: weight {t['weight']:g}, {t['deltas']:,} deltas, seed {t['adapter_seed']}, "
-              f"{t['num_labels']} labels, from {t['source']}")  # fmt: skip
+              f"{labels}, from {t['source']}")  # fmt: skip
     for p in doc["interactions"]:
         print(
             f"  {p['a']} x {p['b']}: overlap {p['overlap']:,} positions ({100 * p['overlap_share_a']:.2f}% of "

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from sparta.runs import examples_from_texts, open_model, predict, predict_tasks
+from sparta.runs.inference import check_classifier
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,6 +33,7 @@ def _probs(pred: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     loaded = open_model(args.dir, task=args.task, device=args.device)
+    check_classifier(loaded)
     if loaded.kind == "merged":  # every task's prediction, one backbone pass per prompt format
         for pred in predict_tasks(loaded, args.texts, [args.task] if args.task else None):
             if args.json:

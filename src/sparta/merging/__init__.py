@@ -1,6 +1,6 @@
 """Merging SpaRTA adapters of one base model into a multi-head model (`merge_adapters`), how they interact
-(`interactions`), and re-fitting the heads on the merged backbone (`refit_heads`). The merged directory opens
-with `sparta.runs.open_model`, like every other directory sparta writes."""
+(`interactions`), and re-fitting the heads on the merged backbone (`refit_heads`); SFT adapters into one causal LM
+(`causal`). The merged directory opens with `sparta.runs.open_model`, like every other directory sparta writes."""
 
 from sparta.merging.interactions import interaction_stats, interaction_warnings
 from sparta.merging.merge import compare_with_single, merge_adapters

@@ -6,7 +6,8 @@ merged directory (layout in `sparta.runs.layout`) is a standalone Hugging Face c
 LM* with the merged weights (``AutoModel`` loads the bare transformer from it, ``AutoModelForCausalLM`` the LM),
 its tokenizer, one ``heads/<task>.safetensors`` per task and ``merged.json`` describing the tasks (labels, prompt
 settings, where each came from) and how the adapters interact (`sparta.merging.interactions`). It opens with
-`sparta.runs.open_model` like any other directory.
+`sparta.runs.open_model` like any other directory. Language-modelling (SFT) adapters merge into one causal LM
+with no heads instead (`sparta.merging.causal`).
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from transformers import AutoTokenizer
 from sparta.adapter.fingerprint import check_fingerprint, model_fingerprint
 from sparta.errors import SpartaError
 from sparta.fileio import write_json
+from sparta.merging.causal import add_lm_heads, check_one_objective, lm_entry, prepare_lm_head
 from sparta.merging.interactions import interaction_stats, interaction_warnings
 from sparta.merging.sources import NAME, AdapterSource, check_same_base, open_adapter, read_head, read_sparse
 from sparta.models import load_model, load_tokenizer, quiet_transformers, resolve_model
 from sparta.runs import evaluate, open_model
+from sparta.runs.causal import LANGUAGE_MODELLING
+from sparta.runs.export import write_generation_config
 from sparta.runs.layout import (
     HEAD_METADATA_KEY,
     HEADS_DIR,
@@ -87,7 +91,61 @@ def merge_adapters(
     model: str | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Merge SpaRTA adapters into one multi-head model directory; returns the merged.json document."""
+    """Merge SpaRTA adapters into one multi-head model directory (SFT adapters: one causal LM); returns the
+    merged.json document."""
+    sources = _open_sources(adapters, names)
+    weights = [1.0] * len(sources) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(sources):
+        raise SpartaError(f"--weights has {len(weights)} values for {len(sources)} adapters")
+    check_same_base(sources)
+    causal = check_one_objective(sources)
+    output = Path(output)
+    prepare_dir(output, overwrite, MERGED_FILE)
+
+    resolved = _resolve_base(sources, model)
+    with quiet_transformers():
+        backbone = load_model(resolved, task="causal-lm", dtype="float32")
+    sparse = [read_sparse(s.path) for s in sources]
+    original_head = prepare_lm_head(backbone, sources, sparse) if causal else None
+    actual = model_fingerprint(backbone)
+    for s, sp in zip(sources, sparse, strict=True):
+        check_fingerprint(s.document["base_model"].get("fingerprint") or {}, actual, required=list(sp))
+    with torch.no_grad():
+        for sp, w in zip(sparse, weights, strict=True):
+            for name, (_, flat, values) in sp.items():
+                param = backbone.get_parameter(name)
+                param.view(-1).index_add_(0, flat, (w * values).to(param.dtype))
+    if original_head is not None:
+        add_lm_heads(backbone, sources, weights, original_head)
+    pairs = interaction_stats(sparse, [s.name for s in sources])
+
+    tokenizer = _tokenizer_for(sources[0], resolved)
+    backbone.config.pad_token_id = tokenizer.pad_token_id
+    if causal:
+        write_generation_config(backbone, tokenizer)
+    backbone.save_pretrained(str(output))
+    tokenizer.save_pretrained(str(output))
+    if causal:
+        tasks = [lm_entry(s, w) for s, w in zip(sources, weights, strict=True)]
+    else:
+        tasks = _write_heads(output, sources, weights)
+    document = {
+        "format": MERGED_FORMAT,
+        "kind": "sparta-merged",
+        **({"objective": LANGUAGE_MODELLING} if causal else {}),
+        "base_model": model or sources[0].base_model,
+        "base_model_path": str(resolved.path),
+        "pad_token_id": tokenizer.pad_token_id,
+        "tasks": tasks,
+        "interactions": pairs,
+        "warnings": interaction_warnings(sources, pairs),
+    }
+    write_json(output / MERGED_FILE, document)
+    return document
+
+
+def _open_sources(adapters: list[str | Path], names: list[str] | None) -> list[AdapterSource]:
+    """The adapters, each named by `names` or its task (two runs of one task: task, task-2, ...)."""
     if len(adapters) < 1:
         raise SpartaError("give at least one adapter to merge")
     sources = [open_adapter(p) for p in adapters]
@@ -99,34 +157,14 @@ def merge_adapters(
         for s, n in zip(sources, names, strict=True):
             s.name = n
     seen: dict[str, int] = {}
-    for s in sources:  # two runs of one task: task, task-2, ...
+    for s in sources:
         seen[s.name] = seen.get(s.name, 0) + 1
         s.name = s.name if seen[s.name] == 1 else f"{s.name}-{seen[s.name]}"
-    weights = [1.0] * len(sources) if weights is None else [float(w) for w in weights]
-    if len(weights) != len(sources):
-        raise SpartaError(f"--weights has {len(weights)} values for {len(sources)} adapters")
-    check_same_base(sources)
-    output = Path(output)
-    prepare_dir(output, overwrite, MERGED_FILE)
+    return sources
 
-    resolved = _resolve_base(sources, model)
-    with quiet_transformers():
-        backbone = load_model(resolved, task="causal-lm", dtype="float32")
-    actual = model_fingerprint(backbone)
-    sparse = [read_sparse(s.path) for s in sources]
-    for s, sp in zip(sources, sparse, strict=True):
-        check_fingerprint(s.document["base_model"].get("fingerprint") or {}, actual, required=list(sp))
-    with torch.no_grad():
-        for sp, w in zip(sparse, weights, strict=True):
-            for name, (_, flat, values) in sp.items():
-                param = backbone.get_parameter(name)
-                param.view(-1).index_add_(0, flat, (w * values).to(param.dtype))
-    pairs = interaction_stats(sparse, [s.name for s in sources])
 
-    tokenizer = _tokenizer_for(sources[0], resolved)
-    backbone.config.pad_token_id = tokenizer.pad_token_id
-    backbone.save_pretrained(str(output))
-    tokenizer.save_pretrained(str(output))
+def _write_heads(output: Path, sources: list[AdapterSource], weights: list[float]) -> list[dict[str, Any]]:
+    """heads/<task>.safetensors for each classifier adapter; their merged.json entries."""
     (output / HEADS_DIR).mkdir()
     tasks = []
     for s, w in zip(sources, weights, strict=True):
@@ -138,18 +176,7 @@ def merge_adapters(
             {k: v.contiguous() for k, v in read_head(s).items()}, str(output / entry["head_file"]), meta
         )
         tasks.append(entry)
-    document = {
-        "format": MERGED_FORMAT,
-        "kind": "sparta-merged",
-        "base_model": model or sources[0].base_model,
-        "base_model_path": str(resolved.path),
-        "pad_token_id": tokenizer.pad_token_id,
-        "tasks": tasks,
-        "interactions": pairs,
-        "warnings": interaction_warnings(sources, pairs),
-    }
-    write_json(output / MERGED_FILE, document)
-    return document
+    return tasks
 
 
 def compare_with_single(

@@ -131,6 +131,8 @@ def refit_heads(
     merged = open_model(path, device=device)
     if merged.kind != "merged":
         raise SpartaError(f"{path} is not a merged model directory ({MERGED_FILE} is missing)")
+    if merged.causal_lm:
+        raise SpartaError(f"{path} is a merge of SFT adapters: one causal LM, with no task heads to re-fit")
     document = merged.info
     report: dict[str, dict[str, Any]] = {}
     for name in tasks or list(merged.tasks):

@@ -1,5 +1,7 @@
 """The adapters to merge: a training run's SpaRTA adapter (with its run.json) or a bare adapter directory, read
-without loading any model, and checked to share one base model before anything is merged."""
+without loading any model, and checked to share one base model before anything is merged. A classifier adapter
+brings one linear head; a language-modelling (SFT) adapter brings none (or, when its run trained the LM head, a
+trained copy of it), and merges into one causal LM."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import torch
 from sparta.adapter.io import read_adapter_config, read_heads, read_sparse_deltas
 from sparta.errors import SpartaError
 from sparta.fileio import read_json
+from sparta.runs.causal import LANGUAGE_MODELLING
 from sparta.runs.layout import ADAPTER_DIR, RUN_FILE
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # a task's key in the merged model
@@ -26,6 +29,11 @@ class AdapterSource:
     document: dict  # adapter_config.json
     info: dict  # run.json ({} for a bare adapter)
     name: str  # the task's key in the merged model
+    objective: str = "classification"  # "language-modelling" for an SFT adapter
+
+    @property
+    def causal_lm(self) -> bool:
+        return self.objective == LANGUAGE_MODELLING
 
     @property
     def base_model(self) -> str | None:
@@ -55,6 +63,11 @@ def open_adapter(path: str | Path) -> AdapterSource:
     else:
         adapter, run_dir, info = path, None, {}
     document = read_adapter_config(adapter)
+    task = (info.get("task") or {}).get("name")
+    name = _clean_name(task if task and task != "custom" else (run_dir or adapter).resolve().name)
+    objective = info.get("objective", "classification") if info else _bare_objective(document)
+    if objective == LANGUAGE_MODELLING:
+        return AdapterSource(adapter, run_dir, document, info, name, objective)
     if not document["heads"]:
         raise SpartaError(f"{adapter} has no trained head; merging keeps one head per task")
     modules = sorted({n.rsplit(".", 1)[0] for n in document["heads"]})
@@ -63,14 +76,18 @@ def open_adapter(path: str | Path) -> AdapterSource:
             f"{adapter}: its head has several modules ({', '.join(modules)}: an encoder's pooler and classifier); "
             "merging keeps one linear head per task, so it takes decoder classifiers"
         )
-    for name, shape in document["heads"].items():
-        if name.rsplit(".", 1)[-1] not in ("weight", "bias") or len(shape) > 2:
+    for tensor, shape in document["heads"].items():
+        if tensor.rsplit(".", 1)[-1] not in ("weight", "bias") or len(shape) > 2:
             raise SpartaError(
-                f"{adapter}: head tensor {name!r} is not a linear head; only linear heads merge"
+                f"{adapter}: head tensor {tensor!r} is not a linear head; only linear heads merge"
             )
-    task = (info.get("task") or {}).get("name")
-    name = task if task and task != "custom" else (run_dir or adapter).resolve().name
-    return AdapterSource(adapter, run_dir, document, info, _clean_name(name))
+    return AdapterSource(adapter, run_dir, document, info, name, objective)
+
+
+def _bare_objective(document: dict) -> str:
+    """A bare adapter's objective, from the class of the model it was saved from (a causal LM: SFT)."""
+    causal = str(document["base_model"].get("class") or "").endswith("ForCausalLM")
+    return LANGUAGE_MODELLING if causal else "classification"
 
 
 def _clean_name(name: str) -> str:

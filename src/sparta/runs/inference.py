@@ -1,5 +1,8 @@
 """Using a loaded model: `evaluate` one task on a split, `predict` labels for inputs.
 
+A causal LM (an SFT run) is evaluated by its objective: the mean NLL per answer token and, where the task
+scores generations (or `generate=True`), the exact match of greedy completions; it predicts no labels.
+
 Inputs are formatted exactly as in training (the task's prompt, the run's instruct flag and template) and
 truncated to the model's context from the left, keeping the end where an instruct prompt's generation marker
 sits. Every forward goes through `sparta.objectives.batching.forward_batches`, the same longest-first batching
@@ -51,8 +54,12 @@ def evaluate(
     data_dir: str | None = None,
     max_eval_samples: int | None = None,
     batch_size: int = 32,
+    *,
+    generate: bool | None = None,
+    max_new_tokens: int = 256,
 ) -> dict[str, float]:
-    """The loss and the task's metrics of one task (the only one, unless named) on one split."""
+    """The loss and the task's metrics of one task (the only one, unless named) on one split. A causal LM also
+    generates when `generate` (None: when its task scores generations, e.g. GSM8K's exact match)."""
     head = loaded.head(task)
     if not head.known_data:
         raise SpartaError(
@@ -60,12 +67,30 @@ def evaluate(
         )
     if split not in SPLITS:
         raise SpartaError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if generate and not loaded.causal_lm:
+        raise SpartaError(f"task {head.spec.name} is a classification task; only causal LMs generate")
     splits = load_splits(head.spec, data_dir, seed=head.seed, max_eval_samples=max_eval_samples)
     if not splits[split]:
         raise SpartaError(f"task {head.spec.name} has no {split} examples")
+    if loaded.causal_lm:
+        return _evaluate_lm(loaded, head, splits[split], batch_size, generate, max_new_tokens)
     data = encode(loaded, head.name, splits[split])
     logits = scores(loaded, data, [head.name], batch_size)[head.name]
     return loaded.objective.metrics(head.spec, logits, data.labels)
+
+
+def _evaluate_lm(loaded: Loaded, head, examples: list[dict], batch_size: int, generate: bool | None,
+                 max_new_tokens: int) -> dict[str, float]:  # fmt: skip
+    """Language modelling: examples encoded whole (never cut), with the run's loss positions."""
+    objective = loaded.objective
+    data = objective.encode(examples, head.spec, loaded.tokenizer, head.instruct, head.template, loaded.context,
+                            True, loss_on=loaded.info.get("loss_on", "assistant"))  # fmt: skip
+    if generate is None:
+        generate = bool(getattr(head.spec, "generation_metric", False))
+    return objective.evaluate(
+        loaded.model, data, head.spec, batch_size, loaded.pad_id, head.padding_side, loaded.device,
+        generate=generate, tokenizer=loaded.tokenizer, max_new_tokens=max_new_tokens,
+    )  # fmt: skip
 
 
 def examples_from_texts(task, texts: list[str]) -> list[dict]:
@@ -116,6 +141,7 @@ def predict_tasks(
 ) -> list[dict[str, dict[str, Any]]]:
     """For each input: {task: {"label", "probabilities"}} for every task (or those named), one backbone pass
     per distinct prompt format."""
+    check_classifier(loaded)
     names = tasks or list(loaded.tasks)
     examples = {n: examples_from_texts(loaded.head(n).spec, texts) for n in names}
     counts = {len(v) for v in examples.values()}
@@ -135,8 +161,17 @@ def predict(
     loaded: Loaded, examples: list[dict], task: str | None = None, batch_size: int = 32
 ) -> list[dict]:
     """For each example of one task: the predicted label name and the probability of every label."""
+    check_classifier(loaded)
     head = loaded.head(task)
     data = encode(loaded, head.name, examples)
     logits = scores(loaded, data, [head.name], batch_size)[head.name]
     names = list(head.spec.label_names)
     return [_label(names, p) for p in logits.softmax(-1)]
+
+
+def check_classifier(loaded: Loaded) -> None:
+    """A SpartaError when `loaded` is a causal LM, which answers by generating, not with labels."""
+    if loaded.causal_lm:
+        raise SpartaError(
+            "this is a causal LM (an SFT run or a base model), not a classifier; use `sparta generate`"
+        )

@@ -6,6 +6,8 @@ model/), a merged multi-head model, an exported or any other transformers model 
 start from (the zero-shot label-word head of an instruct model, the seeded random head of a base model), so the
 same commands show a model before and after training. Every kind becomes a `Loaded`: a model, its tokenizer and
 the tasks it answers (`TaskHead`: the task and how its inputs are formatted), one for a run, several for a merge.
+A language-modelling (SFT) run, export or merge opens as a causal LM (`sparta.runs.causal`); so does a base
+model asked for with `objective="language-modelling"` (generation), which needs no task.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoTokenizer
 
 from sparta.errors import SpartaError
 from sparta.fileio import read_json
@@ -32,6 +34,13 @@ from sparta.models import (
     resolve_model,
 )
 from sparta.objectives import get_objective
+from sparta.runs.causal import (
+    LANGUAGE_MODELLING,
+    base_model_of,
+    has_trained_head,
+    open_causal_dir,
+    open_causal_run,
+)
 from sparta.runs.layout import ADAPTER_DIR, MODEL_DIR, RUN_FILE, TOKENIZER_DIR, kind_of
 from sparta.runs.multihead import MultiHeadModel, read_merged
 from sparta.tasks import TaskSpec, build_task, format_input
@@ -70,6 +79,8 @@ class Loaded:
 
     def head(self, name: str | None = None) -> TaskHead:
         """The task `name`, or the only task when none is named."""
+        if not self.tasks:
+            raise SpartaError("this model was opened without a task; pass --task")
         if name is None:
             if len(self.tasks) != 1:
                 raise SpartaError(
@@ -95,8 +106,18 @@ class Loaded:
     @property
     def context(self) -> int | None:
         """The model's context length: evaluation and prediction inputs are truncated to it."""
-        config = self.model.backbone.config if self.kind == "merged" else self.model.config
+        config = self.model.backbone.config if isinstance(self.model, MultiHeadModel) else self.model.config
         return getattr(config, "max_position_embeddings", None)
+
+    @property
+    def causal_lm(self) -> bool:
+        """A causal LM (an SFT run, an exported or merged one, a base model opened for generation)."""
+        return self.objective.model_kind == "causal-lm"
+
+    @property
+    def instruct(self) -> bool:
+        """Whether inputs go through the chat template (as they did in training)."""
+        return bool(self.info.get("instruct"))
 
     @property
     def encoder(self) -> bool:
@@ -112,12 +133,19 @@ class Loaded:
 
 
 def open_model(
-    path: str | Path, task: str | None = None, device: str | None = None, dtype: str | None = None
+    path: str | Path,
+    task: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    objective: str | None = None,
 ) -> Loaded:
-    """Open a run dir, a merged dir, a model dir or a model name for inference (see the module docstring)."""
+    """Open a run dir, a merged dir, a model dir or a model name for inference (see the module docstring).
+
+    `objective` asks for one kind of model: "language-modelling" (generation) opens a base model name or directory
+    as a causal LM without a task, and refuses a classification run, merge or classifier with a clear error."""
     kind = kind_of(path)
     if kind == "merged":
-        return _open_merged(Path(path), device)
+        return _open_merged(Path(path), device, dtype, objective)
     if kind == "name" and Path(path).exists() and not Path(path).is_dir():
         raise SpartaError(f"{path} is not a directory; give a training output dir or a model dir")
     info = (
@@ -125,21 +153,24 @@ def open_model(
         if kind in ("run", "model") and (Path(path) / RUN_FILE).is_file()
         else {}
     )
-    if kind == "name" and task is None:
+    generating = LANGUAGE_MODELLING in (objective, info.get("objective"))  # a causal LM: a task is optional
+    if kind == "name" and task is None and not generating:
         raise SpartaError(
             f"{path} is not a directory holding a run, a merged model or a model; to use a model name as a base "
             "model, pass --task"
         )
     dev, torch_dtype = pick_device(device, dtype)
-    spec = _task_from(info, task)
-    objective = get_objective(info.get("objective", "classification"))
+    if info:  # a run or export records its objective (runs from before SFT: classification)
+        _check_objective(path, info.get("objective", "classification"), objective)
+    spec = _task_from(info, task) if task is not None or info.get("task") or not generating else None
+    found = get_objective(_objective_name(path, info, spec, objective))
+    if found.model_kind == "causal-lm":
+        return _open_causal(path, kind, info, spec, found, dev, torch_dtype)
     if kind == "run":
         model, tokenizer, instruct = _open_run(Path(path), info, spec, torch_dtype)
         loaded_kind = "run"
     else:
-        model, tokenizer, instruct, fresh_head = _open_model_dir(
-            str(path), info, spec, torch_dtype, objective
-        )
+        model, tokenizer, instruct, fresh_head = _open_model_dir(str(path), info, spec, torch_dtype, found)
         loaded_kind = "base" if fresh_head else "model"
     if tokenizer.pad_token_id is None:
         raise SpartaError(f"the tokenizer in {path} has no pad token")
@@ -148,8 +179,46 @@ def open_model(
     model.to(dev).eval()
     head = TaskHead(spec.name, spec, instruct, info.get("template"), side, info.get("seed", 0))
     return Loaded(
-        loaded_kind, model, tokenizer, {spec.name: head}, {**info, "instruct": instruct}, dev, objective
+        loaded_kind, model, tokenizer, {spec.name: head}, {**info, "instruct": instruct}, dev, found
     )
+
+
+def _objective_name(path: str | Path, info: dict, spec: TaskSpec | None, wanted: str | None) -> str:
+    """The objective of what is at `path`: run.json's (runs before SFT: classification), else the task's."""
+    if info:
+        found = info.get("objective", "classification")
+    else:
+        found = getattr(spec, "objective", "classification") if spec is not None else wanted
+    return _check_objective(path, found or "classification", wanted)
+
+
+def _check_objective(path: str | Path, found: str, wanted: str | None) -> str:
+    if wanted is not None and found != wanted:
+        raise SpartaError(
+            f"{path} holds a {found} model, not a {wanted} one (an SFT run, an exported or merged causal LM, or "
+            "a base model)"
+        )
+    return found
+
+
+def _open_causal(path, kind: str, info: dict, spec: TaskSpec | None, objective, dev, dtype) -> Loaded:
+    """A causal LM (see `sparta.runs.causal`), with the run's task and input format when it has them."""
+    if kind == "run":
+        model, tokenizer = open_causal_run(Path(path), info, dtype)
+        instruct = bool(info.get("instruct"))
+    else:
+        model, tokenizer, found = open_causal_dir(str(path), dtype)
+        instruct = bool(info.get("instruct", found))
+    side = info.get("padding_side", "right")
+    tokenizer.padding_side = side
+    model.to(dev).eval()
+    heads = {}
+    if spec is not None:
+        heads[spec.name] = TaskHead(
+            spec.name, spec, instruct, info.get("template"), side, info.get("seed", 0)
+        )
+    loaded_kind = "run" if kind == "run" else "model" if info else "base"
+    return Loaded(loaded_kind, model, tokenizer, heads, {**info, "instruct": instruct}, dev, objective)
 
 
 def _task_from(info: dict[str, Any], task: str | None) -> TaskSpec:
@@ -166,10 +235,7 @@ def _open_run(run_dir: Path, info: dict, spec: TaskSpec, dtype: torch.dtype) -> 
     method = get_method(info.get("method", ""))
     if method.saves_model:
         return _open_model_dir(str(run_dir / MODEL_DIR), info, spec, dtype, None, tokenizer_dir=run_dir)[:3]
-    try:
-        resolved = resolve_model(info["model"])
-    except SpartaError:  # e.g. a relative model dir given from another working directory
-        resolved = resolve_model(info.get("model_path") or info["model"])
+    resolved = base_model_of(info)
     with quiet_transformers():
         model = load_model(resolved, task="classification", num_labels=spec.num_labels, dtype=dtype)
     if not (run_dir / TOKENIZER_DIR).is_dir():
@@ -197,7 +263,7 @@ def _open_model_dir(
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir)) if tok_dir.is_dir() else load_tokenizer(resolved)
     model.config.pad_token_id = tokenizer.pad_token_id
     instruct = info.get("instruct", bool(getattr(resolved, "instruct", False)))
-    fresh = objective is not None and not info and not _has_trained_head(resolved.path)
+    fresh = objective is not None and not info and not has_trained_head(resolved.path)
     if fresh:
         # the label tokens depend on where the prompt ends (its generation marker), not on its text
         example = dict.fromkeys(spec.text_fields, "")
@@ -206,18 +272,13 @@ def _open_model_dir(
     return model, tokenizer, instruct, fresh
 
 
-def _has_trained_head(path: str) -> bool:
-    try:
-        architectures = AutoConfig.from_pretrained(path).architectures or []
-    except (OSError, ValueError):
-        return False
-    return any(a.endswith(("ForSequenceClassification", "ForTokenClassification")) for a in architectures)
-
-
-def _open_merged(path: Path, device: str | None) -> Loaded:
+def _open_merged(path: Path, device: str | None, dtype: str | None, objective: str | None) -> Loaded:
     document = read_merged(path)
-    dev, dtype = pick_device(device, None)
-    model = MultiHeadModel.from_dir(path, dtype=dtype).to(dev)
+    found = get_objective(_check_objective(path, document.get("objective", "classification"), objective))
+    dev, torch_dtype = pick_device(device, dtype)
+    if found.model_kind == "causal-lm":
+        return _open_merged_causal(path, document, found, dev, torch_dtype)
+    model = MultiHeadModel.from_dir(path, dtype=torch_dtype).to(dev)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -228,7 +289,22 @@ def _open_merged(path: Path, device: str | None) -> Loaded:
             entry["name"], spec, entry["instruct"], entry["template"], entry["padding_side"],
             entry.get("seed") or 0, known_data=bool(entry.get("task")), entry=entry,
         )  # fmt: skip
-    return Loaded("merged", model, tokenizer, tasks, document, dev, get_objective("classification"))
+    return Loaded("merged", model, tokenizer, tasks, document, dev, found)
+
+
+def _open_merged_causal(path: Path, document: dict, objective, dev, dtype) -> Loaded:
+    """A merge of SFT adapters: one causal LM; each adapter's task (when it came from a run) can be evaluated."""
+    model, tokenizer, found = open_causal_dir(str(path), dtype)
+    model.to(dev).eval()
+    entries = document["tasks"]
+    tasks = {
+        e["name"]: TaskHead(e["name"], dataclasses.replace(build_task(e["task"]), name=e["name"]), e["instruct"],
+                            e["template"], e["padding_side"], e.get("seed") or 0, entry=e)
+        for e in entries
+        if e.get("task")
+    }  # fmt: skip
+    instruct = entries[0]["instruct"] if entries and entries[0].get("task") else found
+    return Loaded("merged", model, tokenizer, tasks, {**document, "instruct": instruct}, dev, objective)
 
 
 def _merged_spec(entry: dict[str, Any]) -> TaskSpec:

@@ -1,0 +1,106 @@
+"""Opening causal-LM directories: what generation and language-modelling evaluation run on.
+
+An SFT run (run.json with objective "language-modelling") is its base model loaded as an
+``AutoModelForCausalLM`` with the method's adapter on top (SpaRTA's `SpartaModel.from_pretrained`, PEFT's
+`PeftModel.from_pretrained`; full fine-tuning: the run's own model/), an exported or merged causal LM is a plain
+transformers directory, and a base model is a registry alias, hub id or directory. A run that trained the LM
+head (run.json ``lm_head`` "train" or "sparse", ``lm_head_untied``) on a model whose head shares the input
+embedding trained an untied copy of it, so its base is untied before the adapter is attached (`untie_lm_head`);
+its export is untied.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoTokenizer
+
+from sparta.errors import SpartaError
+from sparta.methods import get_method
+from sparta.models import ResolvedModel, load_model, load_tokenizer, quiet_transformers, resolve_model
+from sparta.runs.layout import ADAPTER_DIR, MODEL_DIR, TOKENIZER_DIR
+
+LANGUAGE_MODELLING = "language-modelling"  # the objective of SFT runs (sparta.objectives.language_modelling)
+FROZEN_HEAD = "frozen"  # run.json "lm_head" of a run that left the LM head as it was
+
+
+def has_trained_head(path: str) -> bool:
+    """Whether the checkpoint at `path` is a sequence or token classifier (a trained classification head)."""
+    try:
+        architectures = AutoConfig.from_pretrained(path).architectures or []
+    except (OSError, ValueError):
+        return False
+    return any(a.endswith(("ForSequenceClassification", "ForTokenClassification")) for a in architectures)
+
+
+def base_model_of(info: dict[str, Any], model: str | None = None) -> ResolvedModel:
+    """The base model a run was trained on (`model` overrides it): its name, else its recorded absolute path
+    (a relative model dir given from another working directory)."""
+    if model:
+        return resolve_model(model)
+    try:
+        return resolve_model(info["model"])
+    except SpartaError:
+        return resolve_model(info.get("model_path") or info["model"])
+
+
+def untie_lm_head(model: nn.Module) -> bool:
+    """Give an LM head that shares the input embedding matrix its own copy of it, and record that in the config
+    (``tie_word_embeddings`` false, so a save writes the head and a load keeps it apart). Returns whether it did."""
+    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is None or embeddings is None or head.weight is not embeddings.weight:
+        return False
+    head.weight = nn.Parameter(
+        embeddings.weight.detach().clone(), requires_grad=embeddings.weight.requires_grad
+    )
+    for config in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
+        config.tie_word_embeddings = False
+    return True
+
+
+def with_pad_token(tokenizer: Any) -> Any:
+    """The tokenizer with a pad token (its EOS when it has none): batched generation pads with it."""
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise SpartaError(
+                "the tokenizer has neither a pad nor an EOS token; batched generation needs one"
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def open_causal_run(run_dir: Path, info: dict[str, Any], dtype: torch.dtype) -> tuple[nn.Module, Any]:
+    """(model, tokenizer) of an SFT run: the method's files on a freshly loaded causal LM."""
+    if not (run_dir / TOKENIZER_DIR).is_dir():
+        raise SpartaError(f"{run_dir} has no {TOKENIZER_DIR}/ folder; is it a finished training run?")
+    tokenizer = with_pad_token(AutoTokenizer.from_pretrained(str(run_dir / TOKENIZER_DIR)))
+    method = get_method(info.get("method", ""))
+    resolved = resolve_model(str(run_dir / MODEL_DIR)) if method.saves_model else base_model_of(info)
+    with quiet_transformers():
+        model = load_model(resolved, task="causal-lm", dtype=dtype)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if method.saves_model:
+        return model, tokenizer
+    # run.json "lm_head_untied" says whether training untied the head; runs that only name the mode untie when
+    # the head trained (untying an untied head does nothing)
+    if info.get("lm_head_untied", info.get("lm_head", FROZEN_HEAD) != FROZEN_HEAD):
+        untie_lm_head(model)
+    return method.load(model, run_dir / ADAPTER_DIR), tokenizer
+
+
+def open_causal_dir(name: str, dtype: torch.dtype) -> tuple[nn.Module, Any, bool]:
+    """(model, tokenizer, instruct) of an exported or merged causal LM, a model directory or a model name."""
+    resolved = resolve_model(name)
+    if resolved.is_local and has_trained_head(resolved.path):
+        raise SpartaError(
+            f"{name} holds a classifier (a trained classification head), not a causal LM; generation needs an "
+            "SFT run, an exported or merged causal LM, or a base model"
+        )
+    with quiet_transformers():
+        model = load_model(resolved, task="causal-lm", dtype=dtype)
+    tokenizer = with_pad_token(load_tokenizer(resolved))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer, bool(resolved.instruct)
