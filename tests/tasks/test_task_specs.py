@@ -9,7 +9,8 @@ import pytest
 from sparta.errors import SpartaError
 from sparta.tasks import TaskSpec, get_task, label_words, list_tasks
 
-ALL = ["cola", "imdb", "mmlu", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2"]
+CLASSIFICATION = ["cola", "imdb", "mmlu", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2"]
+ALL = sorted([*CLASSIFICATION, "gsm8k"])
 DEV_SIZES = {
     "cola": 1000,
     "mnli": 10000,
@@ -26,12 +27,12 @@ def test_list_tasks():
     assert list_tasks() == ALL
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", CLASSIFICATION)
 def test_spec_is_consistent(name):
     t = get_task(name)
     assert isinstance(t, TaskSpec) and t.name == name
     assert len(t.label_names) == len(t.label_words) == t.num_labels
-    assert t.metrics[0] == "accuracy" and t.train_cap == 100_000
+    assert t.metrics[0] == "accuracy" and t.train_cap == 100_000 and t.objective == "classification"
     assert t.label_field == ("answer" if name == "mmlu" else "label")
     assert t.max_length == {"imdb": 384, "mmlu": 512}.get(name, 256)
     if name in DEV_SIZES:
@@ -66,7 +67,7 @@ def test_aliases_and_overrides():
 
 
 def test_errors():
-    with pytest.raises(SpartaError, match="unknown task 'glue'.*cola, imdb, mmlu"):
+    with pytest.raises(SpartaError, match="unknown task 'glue'.*cola, gsm8k, imdb, mmlu"):
         get_task("glue")
     with pytest.raises(SpartaError, match="unknown task option"):
         get_task("rte", colour="red")

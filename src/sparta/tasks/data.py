@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from sparta.errors import SpartaError
+from sparta.tasks import rows as R
+from sparta.tasks.chat import encode_example
 from sparta.tasks.files import read_records
 from sparta.tasks.labels import warn_missing_eval_classes
 from sparta.tasks.prompts import format_input
-from sparta.tasks.specs import TaskSpec, get_task
+from sparta.tasks.specs import LANGUAGE_MODELLING, TaskSpec, get_task
 
 SPLIT_SEED = 20240901  # fixed: the dev carve and eval subsets do not depend on the training seed
 HUB = "hub"  # data_dir value that forces loading from the Hugging Face hub
@@ -44,7 +46,8 @@ def load_splits(
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
 ) -> dict[str, list[dict]]:
-    """Return {"train", "dev", "test"} lists of examples (dicts with the text fields and an int "label").
+    """Return {"train", "dev", "test"} lists of examples (dicts with the text fields and an int "label"; for a
+    language-modelling task the raw rows, each checked against the task's format).
 
     Dev is carved with a fixed seed from train (IMDB: from test) unless the task has dev files; train is then capped
     at ``task.train_cap``. ``max_train_samples`` keeps a subset of train drawn with ``seed``; ``max_eval_samples``
@@ -73,7 +76,8 @@ def load_splits(
             _subset(test, max_eval_samples, SPLIT_SEED + 2),
         )
     splits = {"train": train, "dev": dev, "test": test}
-    warn_missing_eval_classes(task.label_names, splits, max_eval_samples)
+    if task.objective != LANGUAGE_MODELLING:  # a language-modelling task has no classes
+        warn_missing_eval_classes(task.label_names, splits, max_eval_samples)
     return splits
 
 
@@ -88,9 +92,12 @@ def filter_by_length(
 ) -> list[dict]:
     """Drop examples whose formatted input is longer than ``max_length`` (default ``task.max_length``) tokens,
     as the paper does for training data. Tokenized as the trainer should: special tokens added for base models,
-    none for instruct models (the chat template already holds them)."""
+    none for instruct models (the chat template already holds them). A language-modelling example counts the
+    tokens of its whole encoding (`sparta.tasks.chat.encode_example`; ``template`` does not apply)."""
     task = get_task(task)
     limit = max_length or task.max_length
+    if task.objective == LANGUAGE_MODELLING:
+        return [ex for ex in examples if len(encode_example(task, ex, tokenizer, instruct)[0]) <= limit]
     texts = [format_input(task, ex, tokenizer, instruct=instruct, template=template) for ex in examples]
     ids = tokenizer(texts, add_special_tokens=not instruct)["input_ids"] if texts else []
     return [ex for ex, t in zip(examples, ids, strict=True) if len(t) <= limit]
@@ -129,7 +136,12 @@ def _reader(task: TaskSpec, data_dir):
         out = []
         for split in splits:
             rows, source = load(split)
-            out += [_normalise(task, r, source) for r in rows]
+            if task.objective == LANGUAGE_MODELLING:  # the rows as they are, once checked
+                for i, row in enumerate(rows, 1):
+                    R.check_row(task, row, f"{source}: record {i}")
+                out += rows
+            else:
+                out += [_normalise(task, r, source) for r in rows]
         return out
 
     return read

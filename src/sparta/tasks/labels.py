@@ -58,6 +58,38 @@ def _rows(where: list[str]) -> str:
     return f"{unit}s {', '.join(numbers)}{more}"
 
 
+def unlabelled(v: object) -> bool:
+    """A value marking an example without a label: null, empty, or a negative int (GLUE test splits use -1)."""
+    return v is None or (isinstance(v, str) and not v.strip()) or (is_int(v) and int(v) < 0)
+
+
+def check_values(
+    path: str, column: str, values: list[object], valid: set[str], ints: bool, expected: str
+) -> None:
+    """Raise a SpartaError naming the file, the column and the label values that are not in `valid` (read as
+    `sparta.tasks.data` reads them: by int value when `ints`, else as text)."""
+    bad: dict[str, int] = {}
+    for v in values:
+        key = str(int(v)) if ints and is_int(v) else str(v)
+        if key not in valid:
+            shown = "null" if v is None else repr(v) if isinstance(v, str) and not v.strip() else key
+            bad[shown] = bad.get(shown, 0) + 1
+    if not bad:
+        return
+    shown = ", ".join(f"{k} ({n} row{'s' * (n > 1)})" for k, n in sorted(bad.items())[:5])
+    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    hint = (
+        "-1, empty and null mark examples without a label (GLUE test splits use -1): drop those rows, or leave "
+        "that file out (a test file needs labels to be scored); "
+        if any(unlabelled(v) for v in values)
+        else ""
+    )
+    raise SpartaError(
+        f"{path}: column {column!r} holds labels {shown}{more} that are not {expected}; {hint}custom task "
+        "labels must be ints 0..c-1 for c classes, or strings (each distinct string is one class)"
+    )
+
+
 def check_mixed_types(columns: list[LabelColumn]) -> None:
     """Raise when some labels are integers and others are not: the minority kind is named, row by row."""
     kinds = Counter(is_int(v) for c in columns for v in c.values)

@@ -1,11 +1,13 @@
-"""Classification metrics in numpy: accuracy, Matthews correlation (CoLA) and binary F1 (MRPC, QQP)."""
+"""Classification metrics in numpy: accuracy, Matthews correlation (CoLA) and binary F1 (MRPC, QQP); and the
+exact match of a generated answer for language-modelling tasks (GSM8K: the final numbers)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from sparta.errors import SpartaError
-from sparta.tasks.specs import TaskSpec, get_task
+from sparta.tasks.gsm8k import answers_match
+from sparta.tasks.specs import LANGUAGE_MODELLING, TaskSpec, get_task
 
 
 def _array(x) -> np.ndarray:
@@ -45,6 +47,11 @@ def compute_metrics(
     """The task's metrics (fractions, not percent) from logits (N, C) or predicted ids (N,) and labels (N,);
     ``loss`` is passed through as "loss" when given."""
     task = get_task(task)
+    if task.objective == LANGUAGE_MODELLING:
+        raise SpartaError(
+            f"task {task.name!r} is a language-modelling task: its loss and exact match come from its objective "
+            "(sparta.objectives), not from compute_metrics"
+        )
     preds, labels = _array(logits_or_preds), _array(labels).reshape(-1)
     if preds.ndim == 2:
         preds = preds.argmax(-1)
@@ -61,3 +68,12 @@ def compute_metrics(
     if loss is not None:
         out["loss"] = float(loss)
     return out
+
+
+def exact_match(task: str | TaskSpec, prediction: str, reference: str) -> bool:
+    """Whether a generated answer matches the reference: by final number for a task whose ``answer_parser`` is
+    "gsm8k" (`sparta.tasks.gsm8k.answers_match`), else as text with surrounding whitespace stripped."""
+    task = get_task(task)
+    if task.answer_parser == "gsm8k":
+        return answers_match(prediction, reference)
+    return prediction.strip() == reference.strip()

@@ -6,7 +6,8 @@ import re
 import string
 
 from sparta.errors import SpartaError
-from sparta.tasks.specs import TaskSpec, get_task
+from sparta.tasks.chat import prompt_text
+from sparta.tasks.specs import LANGUAGE_MODELLING, TaskSpec, get_task
 
 LETTERS = string.ascii_uppercase
 
@@ -38,8 +39,12 @@ def format_input(
     wrapped with ``tokenizer.apply_chat_template(..., add_generation_prompt=True)``. ``template`` is a str.format
     string over the example's fields (plus {instruction} and, for list fields such as MMLU's, {choices} as lettered
     lines) that replaces the default text, e.g. "Review: {text}\\nIs it positive? Answer Yes or No.".
+    A language-modelling task's input is its prompt (`sparta.tasks.chat.prompt_text`: the conversation before the
+    last assistant turn, with the generation prompt); ``template`` does not apply to it.
     """
     task = get_task(task)
+    if task.objective == LANGUAGE_MODELLING:
+        return prompt_text(task, example, tokenizer, instruct)
     values = field_texts(task, example)
     if template is not None:
         try:

@@ -1,4 +1,5 @@
-"""Task specifications: the GLUE tasks, IMDB and MMLU of the paper (Table 2), plus user-defined custom tasks."""
+"""Task specifications: the GLUE tasks, IMDB and MMLU of the paper (Table 2), GSM8K for instruction fine-tuning,
+plus user-defined custom tasks (classification, or language modelling over chat / prompt-completion / text rows)."""
 
 from __future__ import annotations
 
@@ -7,18 +8,35 @@ from dataclasses import dataclass
 
 from sparta.errors import SpartaError
 from sparta.tasks import labels as L
+from sparta.tasks import rows as R
 from sparta.tasks.files import DATA_SUFFIXES, read_located
 
 YES_NO = "Respond Yes or No."
 METRICS = ("accuracy", "mcc", "f1")  # implemented in sparta.tasks.metrics
+CLASSIFICATION, LANGUAGE_MODELLING = "classification", "language-modelling"
+OBJECTIVES = (CLASSIFICATION, LANGUAGE_MODELLING)
+LM_METRICS = ("loss", "exact_match")  # computed by the language-modelling objective
+ANSWER_PARSERS = ("gsm8k",)  # sparta.tasks.gsm8k
+# options that only mean something for classification tasks: refused for a custom language-modelling task
+_CLASSIFICATION_ONLY = (
+    "num_labels",
+    "label_names",
+    "label_words",
+    "label_field",
+    "text_fields",
+    "label_values",
+)
 
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """Everything needed to load, prompt and score one sequence classification task.
+    """Everything needed to load, prompt and score one task: sequence classification, or language modelling (SFT).
 
     Labels are ints in ``range(num_labels)``; ``label_words[i]`` is the word an instruct model answers for label i
     (used to initialise the classification head), ``label_names[i]`` its human name.
+    A language-modelling task (``objective="language-modelling"``) has ``num_labels=0`` and no labels; its rows are
+    chat ``messages`` (a list of {role, content}), a ``prompt`` and a ``completion``, or plain ``text`` (``format``,
+    the column names in the ``*_field``s); `sparta.tasks.chat` turns them into tokens and loss masks.
     Split layout: ``train_splits`` are concatenated into the training pool; dev is read from ``dev_splits`` when
     given, else ``dev_size`` examples are carved from ``dev_from`` ("train" or "test") with a fixed seed;
     ``test_splits`` are concatenated into the test set. Split names are file stems / HF split names.
@@ -44,6 +62,17 @@ class TaskSpec:
     instruction_after: bool = False  # put the instruction after the text (MMLU) instead of before it
     data_files: tuple[tuple[str, str], ...] = ()  # custom tasks: (split, path) pairs
     label_values: tuple[str, ...] = ()  # custom tasks with string labels: raw value of each label id
+    objective: str = CLASSIFICATION  # or "language-modelling" (sparta.objectives.OBJECTIVES)
+    # language-modelling tasks only
+    format: str = R.MESSAGES  # "messages" | "prompt-completion" | "text" (sparta.tasks.rows.FORMATS)
+    messages_field: str = "messages"
+    prompt_field: str = "prompt"
+    completion_field: str = "completion"
+    text_field: str = "text"
+    system_prompt: str | None = None  # None: the chat template's default (SmolLM2's names itself), if any
+    keep_calculator: bool = False  # GSM8K: keep the <<48/2=24>> calculator annotations in the targets
+    answer_parser: str | None = None  # "gsm8k": final numbers are compared (sparta.tasks.gsm8k)
+    generation_metric: bool = False  # evaluation also scores the exact match of a greedy generation
 
 
 def _glue(
@@ -96,6 +125,12 @@ _TASKS: dict[str, TaskSpec] = {
         TaskSpec("mmlu", 4, ("question", "choices"), "answer", ("A", "B", "C", "D"), ("A", "B", "C", "D"),
                  "Answer with A, B, C or D.", max_length=512, dev_size=200, hf_path="cais/mmlu", hf_name="all",
                  train_splits=("validation", "dev"), test_splits=("test",), instruction_after=True),
+        # instruction fine-tuning: the question is the user turn, the worked answer (annotations stripped) the
+        # assistant turn; 500 dev problems carved from the 7,473 of train; scored on the final number
+        TaskSpec("gsm8k", 0, (), "", (), (), "", metrics=LM_METRICS, max_length=512, dev_size=500,
+                 hf_path="openai/gsm8k", hf_name="main", test_splits=("test",), objective=LANGUAGE_MODELLING,
+                 format=R.PROMPT_COMPLETION, prompt_field="question", completion_field="answer",
+                 answer_parser="gsm8k", generation_metric=True),
     ]
 }
 # fmt: on
@@ -119,7 +154,8 @@ def get_task(
     """Return the spec of a built-in task, with any TaskSpec field overridden by keyword (``text_fields=...``).
 
     ``name="custom"`` (or a path to a .csv/.tsv/.jsonl/.json[.gz] training file) builds a task from ``data_files``
-    (``{"train": path, "dev": path, "test": path}``; dev and test optional), see :func:`custom_task`.
+    (``{"train": path, "dev": path, "test": path}``; dev and test optional), see :func:`custom_task`; with
+    ``objective="language-modelling"`` an SFT task, see :func:`custom_lm_task`.
     `allow_rare_labels` only concerns custom tasks (the built-in tasks' labels are known).
     """
     key = name.name if isinstance(name, TaskSpec) else str(name).strip()
@@ -127,6 +163,17 @@ def get_task(
         files = dict(data_files or {})
         if key.lower() != "custom":
             files.setdefault("train", key)
+        if overrides.get("objective") not in (None, *OBJECTIVES):
+            raise SpartaError(
+                f"objective {overrides['objective']!r} is unknown; choose one of {', '.join(OBJECTIVES)}"
+            )
+        if overrides.get("objective") == LANGUAGE_MODELLING:
+            labels = {
+                "num_labels": num_labels,
+                "label_names": label_names,
+                "allow_rare_labels": allow_rare_labels,
+            }
+            return custom_lm_task(files, **overrides, **labels)
         return custom_task(
             files,
             num_labels=num_labels,
@@ -183,13 +230,8 @@ def custom_task(
     Without a dev file, 10% of train (at most 1000) is carved off as dev; without a test file the test split is
     empty.
     """
-    unknown = set(data_files) - set(_CUSTOM_SPLITS)
-    if unknown or "train" not in data_files:
-        raise SpartaError(
-            f"custom task data_files needs a 'train' file and only the keys train, dev, test; got {sorted(data_files)}"
-        )
+    files = _custom_files(data_files)
     text_fields = (text_fields,) if isinstance(text_fields, str) else tuple(text_fields)
-    files = tuple((_CUSTOM_SPLITS[k], str(v)) for k, v in data_files.items())
     labels: list[tuple[str, list[object]]] = []  # (file, its label values)
     columns: list[L.LabelColumn] = []  # the labelled rows of each file, with their line numbers
     n_train = 0
@@ -202,14 +244,14 @@ def custom_task(
                 )
         values = [r.get(label_field) for r in rows]
         labels.append((path, values))
-        kept = [(v, w) for v, w in zip(values, where, strict=True) if not _unlabelled(v)]
+        kept = [(v, w) for v, w in zip(values, where, strict=True) if not L.unlabelled(v)]
         columns.append(L.LabelColumn(split, path, [v for v, _ in kept], [w for _, w in kept]))
         n_train += len(rows) if split == "train" else 0
     given = [v for c in columns for v in c.values]
     declared = label_names is not None
     if not declared:
         L.check_mixed_types(columns)
-    all_int = bool(given) and all(_intlike(v) for v in given)
+    all_int = bool(given) and all(L.is_int(v) for v in given)
     # an int column with names for its ids (--labels neg,pos over 0/1), rather than the values themselves
     by_id = declared and all_int and not {str(int(v)) for v in given} & set(map(str, label_names))
     ints = all_int and (not declared or by_id)
@@ -229,7 +271,7 @@ def custom_task(
         expected = f"among the labels {list(label_values)}" if label_values else "class labels"
     valid = {str(i) for i in range(len(label_names))} if by_id else set(label_names)
     for path, values in labels:
-        _check_labels(path, label_field, values, valid, ints, expected)
+        L.check_values(path, label_field, values, valid, ints, expected)
     if num_labels is not None and num_labels != len(label_names):
         raise SpartaError(f"num_labels={num_labels} but the custom task has labels {list(label_names)}")
     words = tuple(overrides.pop("label_words", None) or label_names)
@@ -256,7 +298,57 @@ def custom_task(
     return spec
 
 
+def custom_lm_task(data_files: dict[str, str], *, format: str | None = None, **overrides) -> TaskSpec:  # noqa: A002
+    """Build a language-modelling (SFT) task from CSV/TSV/JSONL/JSON files (optionally gzipped).
+
+    ``format`` is "messages", "prompt-completion" or "text" (`sparta.tasks.rows`), detected from the training
+    file's columns when not given (a messages column, else prompt and completion, else text; the column names
+    are the ``*_field`` overrides). Every row of every file is checked: a missing column, a role other than
+    system/user/assistant, a conversation without an assistant turn or an empty completion is a SpartaError
+    naming the file and line. Dev is carved from train (10%, at most 1000) when there is no dev file.
+    """
+    files = _custom_files(data_files)
+    bad = sorted(k for k in (*_CLASSIFICATION_ONLY, "allow_rare_labels") if overrides.get(k))
+    if bad:
+        raise SpartaError(
+            f"{', '.join(bad)} only apply to classification tasks, not to a language-modelling task; leave them out"
+        )
+    overrides.pop("allow_rare_labels", None)  # False or None: not a TaskSpec field
+    fields = _tuples(_clean(overrides))
+    columns = R.Columns(**{k: v for k, v in fields.items() if k in R.Columns.__dataclass_fields__})
+    fmt, n_train = R.check_files(files, columns, format)
+    metrics = LM_METRICS if fields.get("generation_metric") else ("loss",)
+    dev = ("dev",) if any(s == "dev" for s, _ in files) else ()
+    spec = TaskSpec("custom", 0, (), "", (), (), "", metrics=metrics, max_length=1024, data_files=files,
+                    dev_size=min(1000, max(1, n_train // 10)), dev_splits=dev, test_splits=("test",))  # fmt: skip
+    return _validate(dataclasses.replace(spec, **fields, format=fmt))
+
+
+def _custom_files(data_files: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """(split, path) pairs of a custom task's files, checking the keys."""
+    unknown = set(data_files) - set(_CUSTOM_SPLITS)
+    if unknown or "train" not in data_files:
+        raise SpartaError(
+            f"custom task data_files needs a 'train' file and only the keys train, dev, test; got {sorted(data_files)}"
+        )
+    return tuple((_CUSTOM_SPLITS[k], str(v)) for k, v in data_files.items())
+
+
 def _validate(spec: TaskSpec) -> TaskSpec:
+    if spec.objective not in OBJECTIVES:
+        raise SpartaError(
+            f"task {spec.name!r}: objective {spec.objective!r} is unknown; choose one of {', '.join(OBJECTIVES)}"
+        )
+    (_validate_lm if spec.objective == LANGUAGE_MODELLING else _validate_labels)(spec)
+    if spec.dev_from not in ("train", "test"):
+        raise SpartaError(f"task {spec.name!r}: dev_from must be 'train' or 'test', got {spec.dev_from!r}")
+    if spec.max_length < 1 or spec.dev_size < 1 or spec.train_cap < 1:
+        raise SpartaError(f"task {spec.name!r}: max_length, dev_size and train_cap must be positive")
+    return spec
+
+
+def _validate_labels(spec: TaskSpec) -> None:
+    """The checks of a classification spec: its labels and metrics."""
     if spec.num_labels < 2:
         raise SpartaError(f"task {spec.name!r} needs at least 2 labels, got {spec.num_labels}")
     for what in ("label_names", "label_words"):
@@ -268,47 +360,28 @@ def _validate(spec: TaskSpec) -> TaskSpec:
         raise SpartaError(
             f"task {spec.name!r}: metrics {list(spec.metrics)} must be among {', '.join(METRICS)}"
         )
-    if spec.dev_from not in ("train", "test"):
-        raise SpartaError(f"task {spec.name!r}: dev_from must be 'train' or 'test', got {spec.dev_from!r}")
-    if spec.max_length < 1 or spec.dev_size < 1 or spec.train_cap < 1:
-        raise SpartaError(f"task {spec.name!r}: max_length, dev_size and train_cap must be positive")
-    return spec
 
 
-_intlike = L.is_int
-
-
-def _unlabelled(v: object) -> bool:
-    """A value marking an example without a label: null, empty, or a negative int (GLUE test splits use -1)."""
-    return v is None or (isinstance(v, str) and not v.strip()) or (_intlike(v) and int(v) < 0)
-
-
-def _check_labels(
-    path: str, column: str, values: list[object], valid: set[str], ints: bool, expected: str
-) -> None:
-    """Raise a SpartaError naming the file, the column and the label values that are not in `valid` (read as
-    `_normalise` reads them: by int value when `ints`, else as text)."""
-    bad: dict[str, int] = {}
-    for v in values:
-        key = str(int(v)) if ints and _intlike(v) else str(v)
-        if key not in valid:
-            shown = "null" if v is None else repr(v) if isinstance(v, str) and not v.strip() else key
-            bad[shown] = bad.get(shown, 0) + 1
-    if not bad:
-        return
-    shown = ", ".join(f"{k} ({n} row{'s' * (n > 1)})" for k, n in sorted(bad.items())[:5])
-    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-    unlabelled = any(_unlabelled(v) for v in values)
-    hint = (
-        "-1, empty and null mark examples without a label (GLUE test splits use -1): drop those rows, or leave "
-        "that file out (a test file needs labels to be scored); "
-        if unlabelled
-        else ""
-    )
-    raise SpartaError(
-        f"{path}: column {column!r} holds labels {shown}{more} that are not {expected}; {hint}custom task "
-        "labels must be ints 0..c-1 for c classes, or strings (each distinct string is one class)"
-    )
+def _validate_lm(spec: TaskSpec) -> None:
+    """The checks of a language-modelling spec: no labels, a row format, the objective's metrics."""
+    if spec.num_labels or spec.label_names or spec.label_words:
+        raise SpartaError(
+            f"task {spec.name!r} has labels, so it is a classification task; objective {LANGUAGE_MODELLING} "
+            "is for tasks of conversations, prompt-completion pairs or text (e.g. gsm8k, or custom with data files)"
+        )
+    if spec.format not in R.FORMATS:
+        raise SpartaError(
+            f"task {spec.name!r}: format must be one of {', '.join(R.FORMATS)}, got {spec.format!r}"
+        )
+    if "loss" not in spec.metrics or set(spec.metrics) - set(LM_METRICS):
+        raise SpartaError(
+            f"task {spec.name!r}: metrics {list(spec.metrics)} must include loss and be among {', '.join(LM_METRICS)}"
+        )
+    if spec.answer_parser not in (None, *ANSWER_PARSERS):
+        raise SpartaError(
+            f"task {spec.name!r}: answer_parser must be one of {', '.join(ANSWER_PARSERS)} or None, "
+            f"got {spec.answer_parser!r}"
+        )
 
 
 def _or(words: tuple[str, ...]) -> str:
