@@ -8,6 +8,9 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
+import socket
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +24,7 @@ from sparta.objectives import LanguageModelling
 from sparta.train import TrainConfig, train
 from sparta.train.distributed import Runtime
 from sparta.train.loop import step_loss_and_backward
+from tinylm import assert_same_run
 from tinysft import greedy_generation_module, install_stand_ins, random_lm_data, tiny_lm
 
 LM = LanguageModelling()
@@ -85,6 +89,33 @@ def test_an_interrupted_sft_run_resumes_bitwise(sft_config, tmp_path, method, lm
     assert b["resumed_from_step"] == 2
     assert (b["metrics"], b["history"], b["zero_shot"]) == (a["metrics"], a["history"], a["zero_shot"])
     assert _files(tmp_path / "B" / "adapter") == _files(tmp_path / "A" / "adapter")
+
+
+@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
+def test_two_processes_match_one_with_the_same_global_batch(sft_config, tmp_path, engine):
+    """DDP (accelerate, 2 CPU processes on gloo) and FSDP2 (torchrun) on SFT, the LM head trained: each rank's
+    micro-batch holds a different number of target tokens, and the step is still the mean over all of them, so
+    the losses match one process with the whole batch."""
+    extra = dict(max_steps=4, eval_every=2, zero_shot=False, lm_head="train")
+    one = train(sft_config(batch_size=16, output=str(tmp_path / "one"), **extra))
+    cfg = sft_config(batch_size=8, output=str(tmp_path / "two"), **extra)
+    worker = [str(Path(__file__).with_name("sft_train_worker.py")), json.dumps(cfg.to_dict()), engine]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    if engine == "ddp":
+        launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                  "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port]  # fmt: skip
+    else:
+        launch = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
+    proc = subprocess.run([sys.executable, *launch, *worker], env=env, capture_output=True, cwd=tmp_path,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert two["processes"] == 2 and one["history"][0]["train_loss"] != one["history"][-1]["train_loss"]
+    assert_same_run(one, two)
 
 
 def test_sft_early_stopping_restores_the_lowest_dev_loss(sft_config):
