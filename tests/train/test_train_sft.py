@@ -203,3 +203,23 @@ def test_the_step_loss_is_the_mean_over_its_target_tokens():
         torch.testing.assert_close(
             (ranks[0][name] + ranks[1][name]) / 2, g, rtol=1e-5, atol=1e-8
         )  # DDP: mean
+
+
+def test_a_checkpoint_from_before_the_sft_settings_resumes(toy_config, tmp_path):
+    """Checkpoints written before a setting existed resume: the missing setting counts at its default."""
+    cfg = toy_config(max_steps=4, save_every=2, eval_every=2)
+
+    def crash(step: int) -> None:
+        if step == 3:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(cfg, on_step=crash)
+    state_file = Path(cfg.output) / "checkpoint-2" / "state.json"
+    state = json.loads(state_file.read_text())
+    new = ("objective", "loss_on", "lm_head", "gradient_checkpointing", "eval_generate", "max_new_tokens",
+           "keep_calculator")  # fmt: skip
+    state["config"] = {k: v for k, v in state["config"].items() if k not in new}
+    state_file.write_text(json.dumps(state))
+    cfg.resume = True
+    assert train(cfg)["resumed_from_step"] == 2
