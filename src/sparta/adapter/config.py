@@ -42,7 +42,8 @@ class SpartaConfig:
         default=ALL_LINEAR,
         metadata={
             "help": "'all-linear' (every Linear weight inside the transformer blocks; embeddings and heads excluded), "
-            "a list of module-name suffixes such as ['v_proj', 'o_proj'], or a regex matched against full module names."
+            "a list of module-name suffixes such as ['v_proj', 'o_proj'] (which may hold 'all-linear': "
+            "['all-linear', 'lm_head'] adds an untied LM head), or a regex matched against full module names."
         },
     )
     seed: int = field(

@@ -53,9 +53,10 @@ class SpartaModel(AdapterSwitching, TrainerCompat, nn.Module):
         self.head_names = [
             n for n in self.head_names if not any(n.startswith(f"{h}.") for h in self.head_names)
         ]
+        self.targets = find_targets(model, config)
+        _check_not_shared(model, [t.name for t in self.targets], self.head_names)
         self.base_fingerprint = model_fingerprint(model, exclude=self.head_names)
         self._requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
-        self.targets = find_targets(model, config)
         delta_dtype = DTYPES[config.delta_dtype]
         for p in model.parameters():
             p.requires_grad_(False)
@@ -278,6 +279,22 @@ class SpartaModel(AdapterSwitching, TrainerCompat, nn.Module):
         model.sync_weights()
         model.__dict__["_active_adapter"] = adapter_name
         return model
+
+
+def _check_not_shared(model: nn.Module, targets: list[str], heads: list[str]) -> None:
+    """A target or head weight shared with another module (a causal LM's LM head tied to its input embeddings)
+    would carry its delta or training into that module too: refuse it before anything is changed."""
+    owners: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(p), []).append(name)
+    adapted = set(targets) | {f"{h}.{n}" for h in heads for n, _ in model.get_submodule(h).named_parameters()}
+    for names in owners.values():
+        if len(names) > 1 and adapted & set(names):
+            raise SpartaError(
+                f"SpaRTA cannot adapt {sorted(adapted & set(names))[0]}: it is one tensor with {', '.join(names)} "
+                "(tied weights); give the module its own weight first (a tied LM head: a new Parameter copy of its "
+                "weight, and tie_word_embeddings=False in the config; sparta train's --lm-head does this)"
+            )
 
 
 def get_sparta_model(model: nn.Module, config: SpartaConfig) -> SpartaModel:

@@ -65,8 +65,13 @@ def find_targets(model: nn.Module, config: SpartaConfig) -> list[AdaptedParam]:
     if config.target_modules == ALL_LINEAR:
         chosen = [(n, m) for n, m in linear if n in in_blocks]
     elif isinstance(config.target_modules, list):
-        chosen = [(n, m) for n, m in linear if any(_matches(t, n) for t in config.target_modules)]
-        unmatched = [t for t in config.target_modules if not any(_matches(t, n) for n, _ in linear)]
+        # "all-linear" in a list: the Linears inside the blocks, plus the modules the other names match
+        names = [t for t in config.target_modules if t != ALL_LINEAR]
+        blocks = len(names) < len(config.target_modules)
+        chosen = [
+            (n, m) for n, m in linear if (blocks and n in in_blocks) or any(_matches(t, n) for t in names)
+        ]
+        unmatched = [t for t in names if not any(_matches(t, n) for n, _ in linear)]
         if unmatched:
             raise SpartaError(f"target_modules {unmatched} match no Linear module; {_available(linear)}")
     else:

@@ -18,6 +18,7 @@ from torch import nn
 
 from sparta.adapter.targets import LINEAR_TYPES
 from sparta.errors import SpartaError
+from sparta.objectives.base import Heads
 
 
 class Method:
@@ -27,8 +28,10 @@ class Method:
     saves_model = False  # a run holds a whole model (model/) instead of an adapter (adapter/) on its base
     default_targets: tuple[str, ...] = ()  # modules adapted when --targets is not given
 
-    def apply(self, model: nn.Module, cfg: Any, objective: Any) -> nn.Module:
-        """Make `model` (its head already initialised) trainable as this method does; returns the model to train."""
+    def apply(self, model: nn.Module, cfg: Any, objective: Any, heads: Heads | None = None) -> nn.Module:
+        """Make `model` (its head already initialised) trainable as this method does; returns the model to train.
+
+        `heads`: what trains besides the targets (`objective.heads(model, cfg)` when not given, see `heads_of`)."""
         raise NotImplementedError
 
     def save(self, model: nn.Module, directory: Path, cfg: Any) -> None:
@@ -42,6 +45,11 @@ class Method:
     def describe(self, model: nn.Module, device: torch.device) -> list[str]:
         """Extra lines for the run log (e.g. which kernel computes the gradients)."""
         return []
+
+
+def heads_of(model: nn.Module, cfg: Any, objective: Any, heads: Heads | None) -> Heads:
+    """The modules trained besides a method's targets: `heads`, else what the objective says for this run."""
+    return heads if heads is not None else objective.heads(model, cfg)
 
 
 def targets_of(cfg: Any, method: Method) -> list[str]:

@@ -13,6 +13,7 @@ from torch import nn
 from sparta.adapter.targets import in_head
 from sparta.errors import SpartaError
 from sparta.methods.base import Method, one_line
+from sparta.objectives.base import Heads
 from sparta.objectives.heads import get_head
 
 HEAD_FILE = "head.safetensors"
@@ -21,7 +22,10 @@ HEAD_FILE = "head.safetensors"
 class Head(Method):
     name = "head"
 
-    def apply(self, model: nn.Module, cfg: Any, objective: Any) -> nn.Module:
+    def apply(self, model: nn.Module, cfg: Any, objective: Any, heads: Heads | None = None) -> nn.Module:
+        if not objective.head_modules:
+            raise SpartaError(f"the head method trains a classification head; the {objective.name} objective has "
+                              "none: use --method sparta, lora, dora or full")  # fmt: skip
         model.requires_grad_(False)
         get_head(model).requires_grad_(True)
         for name, module in model.named_modules():

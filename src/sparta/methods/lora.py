@@ -1,5 +1,7 @@
 """LoRA and DoRA through PEFT (DoRA: `use_dora=True`): low-rank updates on the targets (the paper's baseline:
-query and value projections), with the objective's head in `modules_to_save` so that it trains fully as well."""
+query and value projections), with the objective's head in `modules_to_save` so that it trains fully as well
+(for language modelling: the LM head with --lm-head train, none by default); PEFT's task type is the
+objective's (SEQ_CLS, CAUSAL_LM)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 from sparta.errors import SpartaError
-from sparta.methods.base import Method, check_targets, one_line, targets_of
+from sparta.methods.base import Method, check_targets, heads_of, one_line, targets_of
+from sparta.objectives.base import Heads
 
 
 class Lora(Method):
@@ -18,7 +21,12 @@ class Lora(Method):
     use_dora = False
     default_targets = ("q_proj", "v_proj")
 
-    def apply(self, model: nn.Module, cfg: Any, objective: Any) -> nn.Module:
+    def apply(self, model: nn.Module, cfg: Any, objective: Any, heads: Heads | None = None) -> nn.Module:
+        heads = heads_of(model, cfg, objective, heads)
+        if heads.sparse:
+            raise SpartaError(
+                f"{self.name} cannot adapt {', '.join(heads.sparse)} sparsely (that is SpaRTA's)"
+            )
         targets = targets_of(cfg, self)
         config = LoraConfig(
             task_type=objective.peft_task_type,
@@ -27,7 +35,7 @@ class Lora(Method):
             lora_dropout=cfg.lora_dropout,
             target_modules="all-linear" if targets == ["all-linear"] else targets,
             use_dora=self.use_dora,
-            modules_to_save=list(objective.head_modules) or None,
+            modules_to_save=list(heads.full) or None,
         )
         check_targets(model, targets)
         try:

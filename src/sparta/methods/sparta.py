@@ -16,19 +16,24 @@ from torch import nn
 from sparta.adapter import native
 from sparta.adapter.config import ALL_LINEAR, SpartaConfig
 from sparta.adapter.model import SpartaModel, get_sparta_model
-from sparta.methods.base import Method, targets_of
+from sparta.methods.base import Method, heads_of, targets_of
+from sparta.objectives.base import Heads
 
 
 class Sparta(Method):
     name = "sparta"
     default_targets = (ALL_LINEAR,)
 
-    def apply(self, model: nn.Module, cfg: Any, objective: Any) -> nn.Module:
+    def apply(self, model: nn.Module, cfg: Any, objective: Any, heads: Heads | None = None) -> nn.Module:
+        heads = heads_of(model, cfg, objective, heads)
         targets = targets_of(cfg, self)
+        # a sparse LM head is one more target (beside "all-linear", which means the Linears inside the blocks)
+        extra = [name for name in heads.sparse if name not in targets]
         config = SpartaConfig(
             density=cfg.density,
-            target_modules=ALL_LINEAR if targets == [ALL_LINEAR] else targets,
+            target_modules=ALL_LINEAR if targets == [ALL_LINEAR] and not extra else targets + extra,
             seed=cfg.seed if cfg.index_seed is None else cfg.index_seed,
+            head_modules=list(heads.full),
         )
         return get_sparta_model(model, config)
 

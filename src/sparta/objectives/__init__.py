@@ -1,18 +1,21 @@
 """Objectives: what training optimises and evaluation measures for one kind of task.
 
-An objective is a small object with the same attributes for every kind (see `Classification`): how a split is
-encoded, the loss of a batch and what it is averaged over, the metrics of a split, how a head starts, what
-`sparta.models.load_model` builds and PEFT's task type. The training loop and the run layer ask it instead of
-testing task names, so a new kind of task (language modelling, preference pairs) is one new module here and one
-line in `OBJECTIVES`.
+An objective is a small object with the same attributes for every kind (see `Classification` and the hooks of
+`Objective`): how a split is encoded, the loss of a batch and what it is averaged over, the metrics of a split,
+how a head starts, which modules train besides a method's targets, what `sparta.models.load_model` builds and
+PEFT's task type. The training loop and the run layer ask it instead of testing task names, so a new kind of
+task (language modelling, preference pairs) is one new module here and one line in `OBJECTIVES`.
 """
 
 from __future__ import annotations
 
 from sparta.errors import SpartaError
+from sparta.objectives.base import Heads, Objective
 from sparta.objectives.classification import Classification
+from sparta.objectives.language_modelling import LanguageModelling, LMEncoded
 
-OBJECTIVES = {"classification": Classification()}
+OBJECTIVES: dict[str, Objective] = {o.name: o for o in (Classification(), LanguageModelling())}
+OBJECTIVE_NAMES = tuple(OBJECTIVES)
 
 
 def get_objective(name: str):
@@ -23,9 +26,19 @@ def get_objective(name: str):
         raise SpartaError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}") from None
 
 
-def objective_for(task) -> object:
-    """The objective a task implies (every built-in and custom task classifies today)."""
-    return get_objective(getattr(task, "objective", "classification"))
+def objective_for(task, override: str | None = None) -> Objective:
+    """The objective of a run: `override` (the run's --objective) if given, else the one the task names."""
+    return get_objective(override or getattr(task, "objective", "classification"))
 
 
-__all__ = ["OBJECTIVES", "Classification", "get_objective", "objective_for"]
+__all__ = [
+    "OBJECTIVES",
+    "OBJECTIVE_NAMES",
+    "Classification",
+    "Heads",
+    "LMEncoded",
+    "LanguageModelling",
+    "Objective",
+    "get_objective",
+    "objective_for",
+]

@@ -20,6 +20,7 @@ from torch import nn
 
 from sparta.adapter.config import HEAD_MODULES
 from sparta.errors import SpartaError
+from sparta.objectives.base import Objective
 from sparta.objectives.batching import collate, forward_batches
 from sparta.objectives.heads import init_base_head, init_instruct_head
 from sparta.tasks import compute_metrics, field_texts, format_input
@@ -138,7 +139,7 @@ def metrics(task, scores: torch.Tensor, labels: Sequence[int]) -> dict[str, floa
     return {"loss": loss, **compute_metrics(task, scores, target, loss=loss)}
 
 
-class Classification:
+class Classification(Objective):
     """The plug-in the training loop and the run layer ask for everything that depends on the kind of task."""
 
     name = "classification"
@@ -151,6 +152,22 @@ class Classification:
     encode = staticmethod(encode_split)
     batch_loss = staticmethod(batch_loss)
     metrics = staticmethod(metrics)
+
+    def check(self, cfg: Any) -> None:
+        """Settings of language modelling have no meaning for a classifier: refused rather than ignored."""
+        lm_only = {
+            "lm_head": "frozen",
+            "loss_on": "assistant",
+            "eval_generate": None,
+            "keep_calculator": False,
+        }
+        # (eval_generate=false is no request at all, so it passes)
+        given = [k for k, default in lm_only.items() if getattr(cfg, k, default) not in (default, False)]
+        if given:
+            flags = ", ".join("--" + k.replace("_", "-") for k in given)
+            raise SpartaError(
+                f"{flags} apply to language-modelling tasks; {cfg.task} is a classification task"
+            )
 
     @staticmethod
     def units(data: Encoded, idx: list[int]) -> int:

@@ -73,7 +73,7 @@ def compute_metrics(
 def exact_match(task: str | TaskSpec, prediction: str, reference: str) -> bool:
     """Whether a generated answer matches the reference: by final number for a task whose ``answer_parser`` is
     "gsm8k" (`sparta.tasks.gsm8k.answers_match`), else as text with surrounding whitespace stripped."""
-    task = get_task(task)
-    if task.answer_parser == "gsm8k":
+    parser = get_task(task).answer_parser if isinstance(task, str) else getattr(task, "answer_parser", None)
+    if parser == "gsm8k":
         return answers_match(prediction, reference)
     return prediction.strip() == reference.strip()

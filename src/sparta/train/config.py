@@ -22,6 +22,8 @@ from sparta.adapter.config import DTYPE_NAMES, INDEX_FORMATS
 from sparta.errors import SpartaError
 from sparta.methods import METHOD_NAMES, get_method
 from sparta.methods.base import targets_of
+from sparta.objectives import OBJECTIVE_NAMES
+from sparta.objectives.language_modelling import LM_HEAD, LOSS_ON
 from sparta.train import options as O
 from sparta.train.options import option
 
@@ -45,6 +47,12 @@ class TrainConfig:
 
     task: str = option("sst2", group="run", help="task name (sst2, cola, mrpc, rte, qnli, imdb, mmlu, ...)")
     method: str = option("sparta", group="run", choices=METHODS, help="adaptation method")
+    objective: str | None = option(
+        None,
+        group="run",
+        choices=OBJECTIVE_NAMES,
+        help="what training optimises (default: the task's; language-modelling for gsm8k and SFT tasks)",
+    )
     model: str = option(
         "smollm2-135m-instruct",
         group="run",
@@ -85,6 +93,9 @@ class TrainConfig:
         help="custom tasks: train even with a class of under 3 (or 0.5%) training rows or an eval label absent "
         "from train",
     )
+    keep_calculator: bool = option(
+        False, group="task", const=True, help="gsm8k: keep the <<...>> calculator annotations in the answers"
+    )
     # data
     max_train_samples: int | None = option(None, group="data", help="cap on training examples")
     max_eval_samples: int | None = option(None, group="data", help="cap on dev and test examples")
@@ -99,6 +110,12 @@ class TrainConfig:
     padding_side: str = option(
         "right", group="data", choices=PADDING_SIDES, help="pad on the left or the right"
     )
+    loss_on: str = option(
+        "assistant",
+        group="data",
+        choices=LOSS_ON,
+        help="language modelling: the tokens that carry the loss (every assistant turn, or all tokens)",
+    )
     # method settings
     density: float = option(
         0.005, group="method", help="SpaRTA: fraction of each targeted weight that is trainable"
@@ -112,6 +129,13 @@ class TrainConfig:
         None,
         group="run",
         help="seed of the SpaRTA index sampling when it should differ from --seed (e.g. adapters meant for merging)",
+    )
+    lm_head: str = option(
+        "frozen",
+        group="method",
+        choices=LM_HEAD,
+        help="language modelling: the LM head stays frozen, trains fully (untied from the input embeddings "
+        "first where tied; sparta, lora, dora, full) or is one more SpaRTA target (sparse; untied first)",
     )
     lora_r: int = option(8, group="method", help="LoRA/DoRA rank")
     lora_alpha: float = option(16.0, group="method", help="LoRA/DoRA alpha")
@@ -152,6 +176,15 @@ class TrainConfig:
     eval_every: int | None = option(
         None, group="optim", help="evaluate on dev every N optimizer steps (once per epoch if unset)"
     )
+    eval_generate: bool | None = option(
+        None,
+        group="optim",
+        help="language modelling: score greedy generations (exact match) in the zero-shot and final dev/test "
+        "metrics (true/false; default: the task's, true for gsm8k); dev evaluations during training: loss only",
+    )
+    max_new_tokens: int = option(
+        256, group="optim", help="language modelling: the most tokens generated per example when scoring"
+    )
     early_stopping_patience: int | None = option(
         None, group="optim", help="stop after N dev evaluations without a lower dev loss"
     )
@@ -174,6 +207,13 @@ class TrainConfig:
     )
     progress: bool = option(
         True, group="runtime", flag="--no-progress", const=False, help="hide the progress bar"
+    )
+    gradient_checkpointing: bool = option(
+        False,
+        group="runtime",
+        const=True,
+        help="recompute each block's activations in backward instead of keeping them (less memory, ~1/3 more "
+        "compute; PyTorch's non-reentrant checkpoint)",
     )
     overwrite: bool = option(
         False, group="run", const=True, help="replace an output directory holding a finished run"
@@ -227,6 +267,17 @@ class TrainConfig:
             (self.log_every >= 1, "log_every must be >= 1"),
             (self.save_every is None or self.save_every >= 1, "save_every must be >= 1"),
             (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
+            (self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
+            (
+                not (self.objective == "language-modelling" and self.method == "head"),
+                "the head method trains a classification head, which language modelling does not have: use "
+                "--method sparta, lora, dora or full",
+            ),
+            (
+                self.lm_head != "sparse" or self.method == "sparta",
+                f"--lm-head sparse adapts the LM head with SpaRTA; with --method {self.method} use --lm-head "
+                "frozen or train",
+            ),
         ]
         for ok, message in checks:
             if not ok:

@@ -1,6 +1,6 @@
 """The training recipe: one readable `train(cfg)` made of plain named steps (torchtune-recipe style).
 
-open the run dir -> set up (seeds, device, task and its objective, model, tokenizer, data, head) -> zero-shot
+the task and its objective -> open the run dir -> set up (seeds, device, model, tokenizer, data, head) -> zero-shot
 evaluation -> apply the method -> AdamW and schedule (continued from a checkpoint when resuming) -> optimizer
 steps with gradient accumulation, clipping, periodic dev evaluation, checkpoints and early stopping -> restore
 the best trainable state -> final dev/test metrics -> adapter, tokenizer, run.json and results.json.
@@ -39,7 +39,6 @@ from sparta.objectives.batching import BatchStream
 from sparta.runs.layout import (
     RESULTS_FILE,
 )
-from sparta.tasks import build_task
 from sparta.train import checkpoint as C
 from sparta.train.config import TrainConfig
 from sparta.train.distributed import Runtime, launched_distributed
@@ -47,7 +46,7 @@ from sparta.train.logs import RunLogger
 from sparta.train.outputs import results_document, run_info, write_outputs
 from sparta.train.rates import resolve_lr
 from sparta.train.schedule import Schedule
-from sparta.train.setup import Setup, apply_method, open_run, set_up, task_args
+from sparta.train.setup import Setup, apply_method, choose_task, open_run, set_up
 from sparta.train.stopping import EarlyStopping
 
 logger = logging.getLogger(__name__)
@@ -63,6 +62,7 @@ class Progress:
     train_seconds: float = 0.0
     window_loss: float = 0.0
     window_n: int = 0
+    work: int = 0  # the objective's work units trained on (examples, or tokens): the progress bar's rate
     history: list = field(default_factory=list)
     last_dev: dict = field(default_factory=dict)
 
@@ -201,9 +201,11 @@ def run_steps(cfg, s: Setup, prepared, optimizer, net, opt: Optimisation, run_ev
             optimizer.zero_grad(set_to_none=True)
             prog.step, prog.train_seconds = step, prog.train_seconds + time.perf_counter() - t0
             prog.seen += sum(len(idx) for idx in chunk)
+            prog.work += sum(s.objective.work(train_data, idx) for idx in chunk)
             prog.window_loss, prog.window_n = prog.window_loss + step_loss, prog.window_n + 1
             bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.4f}", ex_s=f"{prog.seen / prog.train_seconds:.1f}")
+            rate = {f"{s.objective.work_unit}_s": f"{prog.work / prog.train_seconds:.1f}"}
+            bar.set_postfix(loss=f"{step_loss:.4f}", **rate)
             do_eval = has_dev and (step % plan.eval_every == 0 or step == plan.total_steps)
             logged = step % cfg.log_every == 0 or do_eval or step == plan.total_steps
             if logged and log_and_evaluate(cfg, net, opt, train_data, step, do_eval, run_eval, log, bar, rt):
@@ -255,7 +257,8 @@ def state_digest(model: nn.Module) -> str:
 
 
 def final_metrics(cfg, net, opt: Optimisation, s: Setup, run_eval) -> tuple[dict, bool]:
-    """Restore the best trainable state (lowest dev loss) and take the final dev and test metrics."""
+    """Restore the best trainable state (lowest dev loss) and take the final dev and test metrics (dev is taken
+    again where the final metrics hold more than the dev evaluations during training: generations)."""
     stopper, step = opt.stopper, opt.progress.step
     restored = cfg.restore_best and stopper.best_state is not None and stopper.best_step != step
     if restored:
@@ -267,8 +270,11 @@ def final_metrics(cfg, net, opt: Optimisation, s: Setup, run_eval) -> tuple[dict
     metrics = {}
     if len(s.enc["dev"]):
         metrics["dev"] = stopper.best_metrics if restored else opt.progress.last_dev
+        during, final = (s.objective.eval_options(cfg, s.task, s.tokenizer, final=f) for f in (False, True))
+        if final != during:
+            metrics["dev"] = run_eval("dev", final=True)
     if len(s.enc["test"]):
-        metrics["test"] = run_eval("test")
+        metrics["test"] = run_eval("test", final=True)
     for split, m in metrics.items():
         logger.info(f"{split}: {_fmt(m)}")
     return metrics, restored
@@ -284,26 +290,26 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
     rt = Runtime.from_launch(cfg.device) if launched_distributed() else Runtime.single()
     with _rank_zero_logging(rt):
         logger.info(rt.describe())  # processes and backend first: a launch that started fewer shows at once
-        cfg, lr_note = resolve_lr(
-            cfg
-        )  # lr None: the method's default, which the run uses and results.json records
+        # (task arguments, task, objective): bad task or data settings fail before the run dir is touched
+        chosen = choose_task(cfg)
+        # lr None: the default of the method and objective, which the run uses and results.json records
+        cfg, lr_note = resolve_lr(cfg, chosen[2].name)
         if lr_note:
             logger.info(lr_note)
-        targs = task_args(cfg)
-        task = build_task(
-            targs
-        )  # before open_run: a data error must not cost the run that --overwrite replaces
         output, ckpt = open_run(cfg, rt)
-        s = set_up(cfg, rt, targs, task)
+        s = set_up(cfg, rt, chosen)
 
-        def run_eval(split: str, model: nn.Module | None = None) -> dict:  # noqa: E306
+        def run_eval(split: str, model: nn.Module | None = None, final: bool = False) -> dict:  # noqa: E306
+            """`final`: the zero-shot or final metrics, which may hold more than the loss (the objective's)."""
             eval_bs = cfg.eval_batch_size or 2 * cfg.batch_size
+            options = s.objective.eval_options(cfg, s.task, s.tokenizer, final)
             return s.objective.evaluate(model or net, s.enc[split], s.task, eval_bs, s.tokenizer.pad_token_id,
-                                        cfg.padding_side, s.device, rt)  # fmt: skip
+                                        cfg.padding_side, s.device, rt, **options)  # fmt: skip
 
         zero_shot = ckpt.state["zero_shot"] if ckpt is not None else None
         if ckpt is None and cfg.zero_shot:
-            zero_shot = {split: run_eval(split, s.model) for split in ("dev", "test") if len(s.enc[split])}
+            zero_shot = {split: run_eval(split, s.model, final=True) for split in ("dev", "test")
+                         if len(s.enc[split])}  # fmt: skip
             for split, m in zero_shot.items():
                 logger.info(f"zero-shot {split}: {_fmt(m)}")
         net = apply_method(

@@ -40,6 +40,7 @@ def run_info(cfg: TrainConfig, s: Setup) -> dict[str, Any]:
         "seed": cfg.seed,
         "dtype": str(s.dtype).removeprefix("torch."),
         "adapter": MODEL_DIR if s.method.saves_model else ADAPTER_DIR,
+        **s.objective.run_settings(cfg, s.heads),  # e.g. language modelling: loss_on, lm_head, lm_head_untied
     }
 
 

@@ -22,8 +22,8 @@ linear schedule with 10% warmup, batch 16, max grad norm 1, 1 epoch of 1,000-2,0
 * Full fine-tuning: 3e-5, the density sweep's Full FT cell (88.0% test, one seed, not tuned), inside the usual
   1e-5 - 5e-5 range for full fine-tuning of classifiers (the paper used 1e-5 on gemma-2b).
 
-*Conventional* rates (nothing measured here; for the language-modelling (SFT) and preference (DPO) objectives to
-come): SFT 2e-5 full (Alpaca, Zephyr's SFT recipe), 2e-4 LoRA/DoRA (the QLoRA paper for models up to 13B);
+*Conventional* rates (nothing measured here; for the language-modelling (SFT) objective and the preference
+(DPO) objective to come): SFT 2e-5 full (Alpaca, Zephyr's SFT recipe), 2e-4 LoRA/DoRA (the QLoRA paper for models up to 13B);
 DPO 5e-7 full and 5e-6 LoRA/DoRA (the alignment-handbook Zephyr-7B recipes). SpaRTA takes LoRA's rate there:
 on classification its measured best matched LoRA's.
 
@@ -99,15 +99,17 @@ def default_lr(method: str, objective: str = "classification", density: float | 
 
 
 def objective_of(cfg: TrainConfig) -> str:
-    """The training objective of a run. Every task is a classification task today."""
-    return "classification"
+    """The training objective a run names (`--objective`), else classification; the training loop passes the
+    objective of the run's task instead."""
+    return cfg.objective or "classification"
 
 
-def resolve_lr(cfg: TrainConfig) -> tuple[TrainConfig, str | None]:
-    """`cfg` with its default rate filled in when `lr` is None, and a log line saying which default was taken."""
+def resolve_lr(cfg: TrainConfig, objective: str | None = None) -> tuple[TrainConfig, str | None]:
+    """`cfg` with its default rate filled in when `lr` is None, and a log line saying which default was taken
+    (`objective`: the run's, by name; default `objective_of(cfg)`)."""
     if cfg.lr is not None:
         return cfg, None
-    objective = objective_of(cfg)
+    objective = objective or objective_of(cfg)
     rate = default_lr(cfg.method, objective, cfg.density if cfg.method == "sparta" else None)
     at = f", density {cfg.density:g}" if cfg.method == "sparta" else ""
     note = f"lr {format_lr(rate.lr)}: the default for {cfg.method} ({objective}{at}; {rate.source}); --lr sets another"

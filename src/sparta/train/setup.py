@@ -1,6 +1,7 @@
-"""The first steps of a training run: its output directory (created, or checked for resuming), then seeds,
-device, the task and its objective, the model and tokenizer, the encoded splits, the head's initial state, and
-finally the method applied. `sparta.train.loop.train` calls these in order."""
+"""The first steps of a training run: the task and its objective, the output directory (created, or checked for
+resuming), then seeds, device, the model and tokenizer, the encoded splits, the head's initial state, and
+finally the method applied (with gradient checkpointing turned on before, if asked). `sparta.train.loop.train`
+calls these in order."""
 
 from __future__ import annotations
 
@@ -24,9 +25,9 @@ from sparta.models import (
     quiet_transformers,
     resolve_model,
 )
-from sparta.objectives import objective_for
+from sparta.objectives import Heads, Objective, objective_for
 from sparta.runs.layout import prepare_output
-from sparta.tasks import format_input, load_splits
+from sparta.tasks import build_task, format_input, load_splits
 from sparta.tasks.labels import class_counts
 from sparta.train import checkpoint as C
 from sparta.train.config import TrainConfig
@@ -57,11 +58,23 @@ def task_args(cfg: TrainConfig) -> dict[str, Any]:
         "instruction": cfg.instruction,
         "label_names": tuple(cfg.labels) if cfg.labels else None,
         "allow_rare_labels": cfg.allow_rare_labels or None,
+        "keep_calculator": cfg.keep_calculator or None,
     }
     args: dict[str, Any] = {"name": cfg.task, **{k: v for k, v in overrides.items() if v is not None}}
     if files:
         args["data_files"] = files
+        if cfg.objective:  # what a custom task's files hold (a built-in task knows its own objective)
+            args["objective"] = cfg.objective
     return args
+
+
+def choose_task(cfg: TrainConfig) -> tuple[dict[str, Any], Any, Objective]:
+    """(task arguments, task, objective): the run's --objective, else the task's; its settings checked."""
+    targs = task_args(cfg)
+    task = build_task(targs)
+    objective = objective_for(task, cfg.objective)
+    objective.check(cfg)
+    return targs, task, objective
 
 
 def load_model_and_tokenizer(model: str, objective, num_labels: int, dtype: torch.dtype, padding_side: str):
@@ -69,8 +82,8 @@ def load_model_and_tokenizer(model: str, objective, num_labels: int, dtype: torc
     resolved = resolve_model(model)
     tokenizer = load_tokenizer(resolved)
     tokenizer.padding_side = padding_side
-    with quiet_transformers():
-        net = load_model(resolved, task=objective.model_kind, num_labels=num_labels, dtype=dtype)
+    with quiet_transformers():  # (num_labels 0: no classification head)
+        net = load_model(resolved, task=objective.model_kind, num_labels=num_labels or None, dtype=dtype)
     net.config.pad_token_id = tokenizer.pad_token_id  # the head pools the last token that is not this id
     return resolved, net, tokenizer
 
@@ -89,13 +102,15 @@ def encode_splits(cfg: TrainConfig, objective, task, tokenizer, instruct: bool, 
     if not splits["train"]:
         raise SpartaError(f"task {task.name} has no training examples")
     max_length = cfg.max_length or task.max_length
-    encode = objective.encode
+    encode, options = objective.encode, objective.encode_options(cfg)
     enc = {
         "train": encode(
-            splits["train"], task, tokenizer, instruct, cfg.template, max_length, encoder=encoder
+            splits["train"], task, tokenizer, instruct, cfg.template, max_length, encoder=encoder, **options
         ),
         **{
-            s: encode(splits[s], task, tokenizer, instruct, cfg.template, context, True, encoder=encoder)
+            s: encode(
+                splits[s], task, tokenizer, instruct, cfg.template, context, True, encoder=encoder, **options
+            )  # fmt: skip
             for s in ("dev", "test")
         },
     }
@@ -105,10 +120,12 @@ def encode_splits(cfg: TrainConfig, objective, task, tokenizer, instruct: bool, 
             f"all {train_data.dropped} training examples are longer than {max_length} tokens; raise --max-length"
         )
     logger.info(
-        f"data: train {len(train_data)} (dropped {train_data.dropped} > {max_length} tokens), "
-        f"dev {len(enc['dev'])}, test {len(enc['test'])}; {'instruct' if instruct else 'base'} model {cfg.model}"
+        f"data: train {objective.describe(train_data)} (dropped {train_data.dropped} > {max_length} tokens), "
+        f"dev {objective.describe(enc['dev'])}, test {objective.describe(enc['test'])}; "
+        f"{'instruct' if instruct else 'base'} model {cfg.model}"
     )
-    logger.info(f"classes (training examples): {class_counts(task.label_names, train_data.labels)}")
+    if task.label_names:  # classification: the class list and counts
+        logger.info(f"classes (training examples): {class_counts(task.label_names, train_data.labels)}")
     return splits, enc, max_length
 
 
@@ -129,15 +146,16 @@ class Setup:
     enc: dict[str, Any]
     max_length: int
     head_info: dict
+    heads: Heads  # what trains besides the method's targets (`Objective.heads`)
 
 
-def set_up(cfg: TrainConfig, rt: Runtime, targs: dict[str, Any], task) -> Setup:
-    """Seeds, device, objective, model and tokenizer, encoded data, the head's initial state (the task is built
-    by the caller before the output dir is touched: a data error must not cost the run --overwrite replaces)."""
+def set_up(cfg: TrainConfig, rt: Runtime, chosen: tuple | None = None) -> Setup:
+    """Seeds, device, task and objective (`chosen`: what `choose_task` returned), model and tokenizer, encoded
+    data, the head's initial state, the heads to train."""
     seed_everything(cfg.seed)
     device, dtype = pick_device(cfg.device, cfg.dtype)
     device = rt.device(device)
-    objective = objective_for(task)
+    targs, task, objective = chosen or choose_task(cfg)
     method = get_method(cfg.method)
     resolved, model, tokenizer = load_model_and_tokenizer(cfg.model, objective, task.num_labels, dtype,
                                                           cfg.padding_side)  # fmt: skip
@@ -145,24 +163,47 @@ def set_up(cfg: TrainConfig, rt: Runtime, targs: dict[str, Any], task) -> Setup:
     context = getattr(model.config, "max_position_embeddings", None)
     encoder = is_encoder(model.config)  # sentence pairs as pairs, truncated from the right
     splits, enc, max_length = encode_splits(cfg, objective, task, tokenizer, instruct, context, encoder)
-    prompt = (
+    prompt = (  # what an instruct head's label words follow (objectives with a head only)
         format_input(task, splits["train"][0], tokenizer, instruct=True, template=cfg.template)
-        if instruct
+        if instruct and objective.head_modules
         else None
     )
     head_info = objective.init_head(
         model, tokenizer, task, instruct, prompt, getattr(resolved, "path", None), cfg.seed
     )
+    heads = objective.heads(model, cfg)
     if cfg.dropout is not None:
         set_dropout(model, cfg.dropout)
     model.to(device)
     return Setup(device, dtype, targs, task, objective, method, resolved, model, tokenizer, instruct, enc,
-                 max_length, head_info)  # fmt: skip
+                 max_length, head_info, heads)  # fmt: skip
+
+
+def enable_gradient_checkpointing(model: nn.Module, reentrant: bool = False) -> None:
+    """Checkpoint every block of a transformers model: its activations are recomputed in backward.
+
+    `sparta train --gradient-checkpointing` uses PyTorch's non-reentrant checkpoint (`reentrant=False`), which
+    PyTorch recommends: it records the graph inside a block whatever requires grad outside it. The re-entrant
+    variant records nothing through a block none of whose inputs requires grad, so with frozen embeddings
+    SpaRTA's deltas (or LoRA's weights) inside the blocks would silently get no gradient; the embeddings' output
+    is therefore made to require grad (`enable_input_require_grads`), with either variant, before any wrapping.
+    """
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise SpartaError(f"{type(model).__name__} does not support gradient checkpointing")
+    kwargs = {"use_reentrant": reentrant}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name; the old one warns
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.disable_input_require_grads()  # (exactly one hook, whether or not transformers added its own)
+    model.enable_input_require_grads()
 
 
 def apply_method(cfg: TrainConfig, s: Setup, rt: Runtime) -> nn.Module:
     """The method's trainable model (SpaRTA switches to its functional merge where the engine shards)."""
-    net = s.method.apply(s.model, cfg, s.objective)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(s.model)
+    net = s.method.apply(s.model, cfg, s.objective, s.heads)
     if hasattr(net, "set_merge_mode"):
         net.set_merge_mode(rt.merge_mode)
     net.to(s.device)

@@ -1,0 +1,269 @@
+"""The language-modelling objective: instruction fine-tuning (SFT) of a causal LM on chat-formatted examples.
+
+Each example is rendered and tokenised by its task's chat format (`sparta.tasks.chat.encode_example`), which
+also says which tokens are training targets: every assistant turn (its end-of-turn token included), or every
+token but the first with loss_on="all". Token i is predicted from the hidden state at i - 1, so the loss of a
+batch is the next-token cross-entropy at the target positions only, summed; the training loop divides by the
+number of target tokens of the whole optimizer step (`units`), across gradient accumulation and processes, so a
+step's loss is the mean over its target tokens however they fall into micro-batches. The LM head runs only on
+the target positions, in chunks (`sparta.objectives.lm_head`).
+
+Evaluation reports the mean NLL per target token (`loss`) and, when asked (`generate=True`: the task's
+`generation_metric`, or `--eval-generate`), the exact match of greedy generations from each example's prompt
+against its reference answer (`sparta.objectives.generation`, `sparta.tasks.exact_match`).
+
+There is no classification head. The LM head is frozen by default (`--lm-head frozen`), trains fully
+(`train`) or is adapted by SpaRTA like any other matrix (`sparse`); where it is tied to the input embeddings it
+is untied first, so the embeddings stay frozen and bit for bit what they were (`heads`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparta.errors import SpartaError
+from sparta.objectives.base import Heads, Objective
+from sparta.objectives.batching import collate, sorted_batches
+from sparta.objectives.lm_head import chunked_nll, forward_hidden, output_module_name, untie_lm_head
+
+LOSS_ON = ("assistant", "all")
+LM_HEAD = ("frozen", "train", "sparse")
+
+
+@dataclass
+class LMEncoded:
+    """A tokenised split: token ids and 0/1 loss masks per example (mask[i] = 1: token i is predicted from the
+    tokens before it), the generation prompt and the reference answer of each example, and how many training
+    examples were dropped (`dropped`: longer than the max length; `untargeted`: no target token at all)."""
+
+    input_ids: list[list[int]]
+    loss_mask: list[list[int]]
+    prompts: list[list[int]]
+    references: list[str]
+    dropped: int = 0
+    untargeted: int = 0
+    targets: list[int] = field(init=False)  # target tokens per example (the first token is never one)
+    token_type_ids = None  # (decoders have no segments; read by the shared batching)
+
+    def __post_init__(self) -> None:
+        self.targets = [sum(mask[1:]) for mask in self.loss_mask]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids in self.input_ids]
+
+
+def _provided(module: str, name: str) -> Any:
+    """A function of another part of the SFT feature, imported on use: `sparta.tasks.chat` (chat formats) and
+    `sparta.objectives.generation` (needed only when generations are scored)."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        raise SpartaError(f"{module}.{name} is not available in this installation of sparta") from None
+
+
+def encode_split(
+    examples: Sequence[dict],
+    task,
+    tokenizer,
+    instruct: bool,
+    template: str | None = None,
+    max_length: int | None = None,
+    truncate: bool = False,
+    encoder: bool = False,
+    loss_on: str = "assistant",
+) -> LMEncoded:
+    """Render and tokenise examples with their loss masks. Training splits (truncate=False) drop examples longer
+    than `max_length` and those without a target token, counting both; dev and test (truncate=True) keep every
+    example whole, since cutting one would cut its answer."""
+    if template is not None:
+        raise SpartaError("--template formats classification inputs; language-modelling tasks are rendered by "
+                          "their chat format: leave --template unset")  # fmt: skip
+    if encoder:
+        raise SpartaError("language modelling needs a decoder (a causal LM); this model is an encoder")
+    if loss_on not in LOSS_ON:
+        raise SpartaError(f"unknown loss_on {loss_on!r}; choose one of {', '.join(LOSS_ON)}")
+    encode = _provided("sparta.tasks.chat", "encode_example")
+    ids, masks = [], []
+    for i, example in enumerate(examples):
+        seq, mask = encode(task, example, tokenizer, instruct, loss_on=loss_on)
+        if not seq or len(mask) != len(seq) or set(mask) - {0, 1}:
+            raise SpartaError(f"example {i} encodes to {len(seq)} tokens with a loss mask of {len(mask)} 0/1 "
+                              "values; check its fields")  # fmt: skip
+        ids.append(list(seq))
+        masks.append(list(mask))
+    keep = list(range(len(ids)))
+    dropped = untargeted = 0
+    if not truncate:
+        if max_length is not None:
+            keep = [i for i in keep if len(ids[i]) <= max_length]
+            dropped = len(ids) - len(keep)
+        targeted = [i for i in keep if any(masks[i][1:])]
+        untargeted, keep = len(keep) - len(targeted), targeted
+    kept = [examples[i] for i in keep]
+    prompt_ids = _provided("sparta.tasks.chat", "prompt_ids")
+    reference_text = _provided("sparta.tasks.chat", "reference_text")
+    return LMEncoded([ids[i] for i in keep], [masks[i] for i in keep],
+                     [list(prompt_ids(task, ex, tokenizer, instruct)) for ex in kept],
+                     [reference_text(task, ex) for ex in kept], dropped, untargeted)  # fmt: skip
+
+
+def batch_loss(model: nn.Module, data: LMEncoded, idx: list[int], pad_id: int, padding_side: str, device):
+    """Summed next-token NLL over the target tokens of the examples `idx` (0-dim float32, with a graph)."""
+    batch = collate([data.input_ids[i] for i in idx], pad_id, padding_side)
+    mask = collate([data.loss_mask[i] for i in idx], 0, padding_side)["input_ids"]
+    inputs = {k: v.to(device) for k, v in batch.items()}
+    hidden = forward_hidden(model, inputs)
+    # the hidden state at i - 1 predicts token i: shift the mask and the targets left by one
+    at = mask[:, 1:].to(device=hidden.device, dtype=torch.bool)
+    return chunked_nll(model, hidden[:, :-1][at], inputs["input_ids"][:, 1:].to(hidden.device)[at])
+
+
+@torch.no_grad()
+def nll_sums(model: nn.Module, data: LMEncoded, batch_size: int, pad_id: int, padding_side: str, device,
+             rt: Any = None) -> tuple[float, int]:  # fmt: skip
+    """(summed NLL, target tokens) of a split, in longest-first batches; with a multi-process runtime each rank
+    takes every world-th batch and the sums are added up (where parameters are sharded every forward is a
+    collective, so all ranks run as many, the extra ones on a stand-in batch, not counted)."""
+    every = sorted_batches(data.lengths, batch_size)
+    mine, calls = every, len(every)
+    if rt is not None and rt.distributed:
+        mine = every[rt.rank :: rt.world]
+        calls = -(-len(every) // rt.world) if rt.sharded else len(mine)
+    total, tokens = 0.0, 0
+    for k, idx in enumerate(mine + every[:1] * (calls - len(mine))):
+        loss = batch_loss(model, data, idx, pad_id, padding_side, device)
+        if k < len(mine):
+            total, tokens = total + loss.item(), tokens + LanguageModelling.units(data, idx)
+    if rt is not None and rt.distributed:
+        total, tokens = rt.sum(total), int(round(rt.sum(float(tokens))))
+    return total, tokens
+
+
+def generation_matches(model: nn.Module, data: LMEncoded, task, tokenizer, batch_size: int,
+                       max_new_tokens: int, rt: Any = None) -> int:  # fmt: skip
+    """How many greedy generations from the examples' prompts match their references (all processes)."""
+    if tokenizer is None:
+        raise SpartaError("scoring generations needs the tokenizer")
+    if rt is not None and rt.sharded:
+        raise SpartaError("generation is not supported while FSDP or ZeRO-3 shard the parameters; train with "
+                          "--eval-generate false and score the saved run with sparta eval")  # fmt: skip
+    share = range(len(data))
+    if rt is not None and rt.distributed:
+        share = share[rt.rank :: rt.world]
+    generate = _provided("sparta.objectives.generation", "generate")
+    exact_match = _provided("sparta.tasks", "exact_match")
+    texts = generate(model, tokenizer, [data.prompts[i] for i in share], max_new_tokens=max_new_tokens,
+                     batch_size=batch_size)  # fmt: skip
+    hits = sum(
+        bool(exact_match(task, text, data.references[i])) for text, i in zip(texts, share, strict=True)
+    )
+    return int(round(rt.sum(float(hits)))) if rt is not None and rt.distributed else hits
+
+
+def metrics(task, nll: float, tokens: int, matches: int | None = None, examples: int = 0) -> dict[str, float]:
+    """The mean NLL per target token (`loss`) and, given generation matches, their rate (`exact_match`)."""
+    out = {"loss": nll / tokens if tokens else float("nan")}
+    if matches is not None:
+        out["exact_match"] = matches / examples if examples else float("nan")
+    return out
+
+
+def evaluate(model: nn.Module, data: LMEncoded, task, batch_size: int, pad_id: int, padding_side: str, device,
+             rt: Any = None, generate: bool = False, tokenizer: Any = None, max_new_tokens: int = 256):  # fmt: skip
+    """{"loss": mean NLL per target token} on one split, and "exact_match" of greedy generations if `generate`."""
+    was_training = model.training
+    model.eval()
+    try:
+        nll, tokens = nll_sums(model, data, batch_size, pad_id, padding_side, device, rt)
+        matches = (generation_matches(model, data, task, tokenizer, batch_size, max_new_tokens, rt)
+                   if generate else None)  # fmt: skip
+    finally:
+        model.train(was_training)
+    return metrics(task, nll, tokens, matches, len(data))
+
+
+class LanguageModelling(Objective):
+    """The plug-in for causal-LM fine-tuning on chat-formatted (or plain-text) examples."""
+
+    name = "language-modelling"
+    model_kind = "causal-lm"  # what `sparta.models.load_model` builds: AutoModelForCausalLM
+    peft_task_type = "CAUSAL_LM"
+    head_modules = ()  # no classification head; the LM head is the `lm_head` setting's (see `heads`)
+    work_unit = "tok"
+
+    encode = staticmethod(encode_split)
+    batch_loss = staticmethod(batch_loss)
+    evaluate = staticmethod(evaluate)
+    metrics = staticmethod(metrics)
+
+    @staticmethod
+    def units(data: LMEncoded, idx: list[int]) -> int:
+        """What a step's loss is averaged over: target tokens."""
+        return sum(data.targets[i] for i in idx)
+
+    @staticmethod
+    def work(data: LMEncoded, idx: list[int]) -> int:
+        return sum(len(data.input_ids[i]) for i in idx)
+
+    @staticmethod
+    def describe(data: LMEncoded) -> str:
+        dropped = f", {data.untargeted} without a target token dropped" if data.untargeted else ""
+        return f"{len(data)} examples, {sum(data.targets):,} target tokens{dropped}"
+
+    @staticmethod
+    def metric_names(task) -> list[str]:
+        """The task's metrics besides the loss (logged in its own column)."""
+        return [m for m in task.metrics if m != "loss"]
+
+    @staticmethod
+    def init_head(model, tokenizer, task, instruct, prompt, path, seed) -> dict:  # noqa: ANN001
+        return {"kind": "none"}
+
+    def check(self, cfg: Any) -> None:
+        if cfg.method == "head":
+            raise SpartaError("the head method trains a classification head, which language-modelling tasks do "
+                              "not have: use --method sparta, lora, dora or full")  # fmt: skip
+        if cfg.lm_head == "sparse" and cfg.method != "sparta":
+            raise SpartaError(f"--lm-head sparse adapts the LM head with SpaRTA; with --method {cfg.method} use "
+                              "--lm-head frozen or train")  # fmt: skip
+        if cfg.template is not None:
+            raise SpartaError(
+                "--template formats classification inputs; leave it unset for language modelling"
+            )
+
+    def heads(self, model: nn.Module, cfg: Any) -> Heads:
+        """lm_head "frozen": none; "train": the LM head trains fully; "sparse": it is one more SpaRTA target.
+        Either of the last two unties a head tied to the input embeddings first."""
+        mode = getattr(cfg, "lm_head", "frozen")
+        if mode not in LM_HEAD:
+            raise SpartaError(f"unknown lm_head {mode!r}; choose one of {', '.join(LM_HEAD)}")
+        if mode == "frozen":
+            return Heads()
+        name = output_module_name(model)
+        untied = untie_lm_head(model)
+        return Heads(full=[name], untied=untied) if mode == "train" else Heads(sparse=[name], untied=untied)
+
+    def encode_options(self, cfg: Any) -> dict[str, Any]:
+        return {"loss_on": cfg.loss_on}
+
+    def eval_options(self, cfg: Any, task: Any, tokenizer: Any, final: bool) -> dict[str, Any]:
+        """Generations are scored in the zero-shot and final metrics only (dev during training: the loss)."""
+        wanted = (
+            cfg.eval_generate if cfg.eval_generate is not None else getattr(task, "generation_metric", False)
+        )
+        if not (final and wanted):
+            return {}
+        return {"generate": True, "tokenizer": tokenizer, "max_new_tokens": cfg.max_new_tokens}
+
+    def run_settings(self, cfg: Any, heads: Heads) -> dict[str, Any]:
+        return {"loss_on": cfg.loss_on, "lm_head": cfg.lm_head, "lm_head_untied": heads.untied}
