@@ -233,7 +233,7 @@ def tune_merge(
 
 def _describe(row: dict[str, Any], param: str | None) -> str:
     weights = ",".join(f"{w:g}" for w in row["weights"].values())
-    tasks = " ".join(f"{n} {100 * a:.1f} ({-row['drop'][n]:+.1f})" for n, a in row["accuracy"].items())
+    tasks = ", ".join(f"{n} {100 * a:.1f}% (drop {row['drop'][n]:.1f})" for n, a in row["accuracy"].items())
     extra = f" {param} {row[param]:g}" if param else ""
     return f"weights {weights}{extra}: {tasks}; worst drop {row['worst_drop']:.2f}"
 
