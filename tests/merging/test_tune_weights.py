@@ -140,3 +140,26 @@ def test_bad_grids_and_adapters_are_clear_errors_before_anything_is_written(runs
     with pytest.raises(SpartaError, match="language-modelling"):
         tune_merge([sft, sft], out, device="cpu")
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [Strategy("sum"), Strategy("ties", top_k=0.3), Strategy("dare", drop=0.4, then="ties")],
+    ids=str,
+)
+def test_an_in_memory_candidate_is_bitwise_the_saved_merge(runs, tmp_path, strategy):
+    from sparta.merging.merge import open_sources, prepare_merge
+    from sparta.merging.tuning import InMemoryMerge
+
+    pair, weights = [runs["sentiment"], runs["topic"]], [0.75, 1.25]
+    prep = prepare_merge(open_sources(pair, None), tmp_path / "memory")
+    memory = InMemoryMerge(prep, prep.backbone)
+    memory.write([3.0, 0.5], Strategy("mean"))  # an earlier candidate, overwritten by the next
+    memory.write(weights, strategy)
+    merge_adapters(pair, tmp_path / "saved", weights=weights, strategy=strategy)
+    saved = AutoModelForCausalLM.from_pretrained(str(tmp_path / "saved")).state_dict()
+    ours = prep.backbone.state_dict()
+    assert all(torch.equal(ours[n], saved[n]) for n in saved)
+    memory.reset()
+    base = AutoModelForCausalLM.from_pretrained(str(runs["base"])).state_dict()
+    assert all(torch.equal(ours[n], base[n]) for n in base)
