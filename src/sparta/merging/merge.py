@@ -6,7 +6,8 @@ another rule of `sparta.merging.strategies` (mean, TIES, DARE), and each task ke
 merged directory (layout in `sparta.runs.layout`) is a standalone Hugging Face checkpoint of the base *causal
 LM* with the merged weights (``AutoModel`` loads the bare transformer from it, ``AutoModelForCausalLM`` the LM),
 its tokenizer, one ``heads/<task>.safetensors`` per task and ``merged.json`` describing the tasks (labels, prompt
-settings, where each came from) and how the adapters interact (`sparta.merging.interactions`). It opens with
+settings, where each came from), the rule, how the adapters interact (`sparta.merging.interactions`) and how much
+of each task's delta mass survives each rule. It opens with
 `sparta.runs.open_model` like any other directory. Language-modelling (SFT) adapters merge into one causal LM
 with no heads instead (`sparta.merging.causal`).
 """
