@@ -117,3 +117,82 @@ def test_export_then_eval_and_predict_the_exported_dir(trained, tmp_path, capsys
     assert capsys.readouterr().out.split("\t")[0] in ("0", "1")
     assert main(["export", str(trained["sentiment"]), "--output", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_merge_strategies_end_to_end(trained, tmp_path, capsys):
+    pair = [str(trained["sentiment"]), str(trained["intensity"])]
+    assert (
+        main(["merge", *pair, "--output", str(tmp_path / "ties"), "--strategy", "ties", "--top-k", "0.5"])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "strategy ties top_k=0.5" in printed and "of its delta mass survives ties (sum 100.0%" in printed
+    doc = json.loads((tmp_path / "ties" / "merged.json").read_text())
+    assert doc["strategy"] == {"name": "ties", "top_k": 0.5}
+    shares = doc["survival"]["tasks"]
+    assert set(shares) == {"sentiment", "intensity"} and all(0 < s < 1 for s in shares.values())
+    argv = ["merge", *pair, "--output", str(tmp_path / "dare"), "--strategy", "dare", "--drop", "0.3",
+            "--dare-then", "ties", "--top-k", "0.5", "--dare-seed", "2"]  # fmt: skip
+    assert main(argv) == 0
+    doc = json.loads((tmp_path / "dare" / "merged.json").read_text())
+    assert doc["strategy"] == {"name": "dare", "drop": 0.3, "then": "ties", "seed": 2, "top_k": 0.5}
+    assert main(["eval", str(tmp_path / "dare"), "--task", "sentiment"]) == 0
+
+
+def test_merge_tune_weights_end_to_end(trained, tmp_path, capsys):
+    out = tmp_path / "tuned"
+    argv = ["merge", str(trained["sentiment"]), str(trained["intensity"]), "--output", str(out), "--tune-weights",
+            "--weight-grid", "0.5,1", "--strategy", "ties", "--param-grid", "0.5,1", "--max-eval-samples", "8",
+            "--device", "cpu", "--eval", "--split", "dev"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    doc = json.loads((out / "merged.json").read_text())
+    tuning = doc["tuning"]
+    assert len(tuning["candidates"]) == 8 and tuning["parameter_grid"] == [0.5, 1.0]
+    assert "tuning on dev (sentiment: 8, intensity: 8 examples" in printed
+    lines = printed.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("tuning on dev")) + 1
+    table = [line.split() for line in lines[start : start + 10]]
+    assert table[0][:3] == ["top_k", "w:sentiment", "w:intensity"] and table[1][0] == "single"
+    assert [row[0] for row in table[2:10]].count("*") == 1
+    chosen = tuning["candidates"][tuning["chosen"]]
+    assert doc["strategy"] == {"name": "ties", "top_k": chosen["top_k"]}
+    for task in ("sentiment", "intensity"):  # --eval on dev (same 8 examples) measures the chosen candidate
+        assert doc["eval"]["tasks"][task]["merged"]["accuracy"] == chosen["accuracy"][task]
+        assert doc["eval"]["tasks"][task]["single"]["accuracy"] == tuning["single"][task]["accuracy"]
+    assert len((out / "tuning.csv").read_text().splitlines()) == 9
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--strategy", "avg"], "unknown merge strategy 'avg'; choose one of sum, mean, ties, dare"),
+        (["--strategy", "ties", "--top-k", "0"], "--top-k must be in (0, 1], got 0.0"),
+        (["--top-k", "0.5"], "--top-k does not apply to --strategy sum"),
+        (["--strategy", "mean", "--dare-seed", "1"], "--dare-seed does not apply to --strategy mean"),
+        (["--strategy", "dare", "--drop", "1"], "--drop must be in [0, 1), got 1.0"),
+        (["--strategy", "dare", "--dare-then", "mean"], "dare combines with sum or ties, not 'mean'"),
+        (["--strategy", "dare", "--top-k", "0.5"], "--top-k applies to dare only with --dare-then ties"),
+        (["--weight-grid", "1,2"], "--weight-grid applies only with --tune-weights"),
+        (["--tune-weights", "--weights", "1,1"], "--weights and --tune-weights exclude each other"),
+        (["--tune-weights", "--param-grid", "0.5"], "--strategy sum has no parameter to tune"),
+        (["--tune-weights", "--strategy", "ties", "--param-grid", "2"], "--top-k must be in (0, 1], got 2.0"),
+        (
+            ["--tune-weights", "--max-eval-samples", "0"],
+            "--max-eval-samples must be a positive number, got 0",
+        ),
+    ],
+)
+def test_merge_strategy_and_tuning_flags_bad_values(trained, tmp_path, capsys, extra, message):
+    argv = [
+        "merge",
+        str(trained["sentiment"]),
+        str(trained["intensity"]),
+        "--output",
+        str(tmp_path / "m"),
+        *extra,
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "m").exists()

@@ -42,7 +42,10 @@ def test_recipe_expands_to_rows_x_tasks_x_seeds(name, scale, data_dir, tmp_path)
     tasks = [t for t in recipe.tasks if t in AVAILABLE]
     assert set(skipped) == set(recipe.tasks) - set(tasks)
     seeds = recipe.scale(scale)["seeds"]
-    assert [c.key for c in cells] == [f"{t}/{r}/seed{s}" for t in tasks for r in recipe.rows for s in seeds]
+    rows = {
+        t: [r for r, d in recipe.rows.items() if t in d.get("tasks", [t])] for t in tasks
+    }  # `tasks:` rows
+    assert [c.key for c in cells] == [f"{t}/{r}/seed{s}" for t in tasks for r in rows[t] for s in seeds]
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)
     for cell in cells:

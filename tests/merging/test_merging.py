@@ -2,7 +2,6 @@
 one adapter, on tiny models."""
 
 import json
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from sparta import SpartaConfig, SpartaError, SpartaModel, get_sparta_model  # noqa: E402
+from sparta import SpartaError, SpartaModel  # noqa: E402
 from sparta.adapter import iter_dense_deltas  # noqa: E402
 from sparta.merging import fit_head, merge_adapters, refit_heads  # noqa: E402
 from sparta.runs import (  # noqa: E402
@@ -26,40 +25,8 @@ from sparta.runs import (  # noqa: E402
     predict_tasks,
     prompt_groups,  # noqa: E402
 )
-from tinylm import FILLER, save_model_dir, toy_examples  # noqa: E402
-
-
-def topic_examples(n: int, seed: int) -> list[dict]:
-    """A second toy task: label 1 iff the sentence mentions "music"."""
-    rng = random.Random(seed)
-    words = [w for w in FILLER if w != "music"]
-    rows = []
-    for _ in range(n):
-        label = rng.randrange(2)
-        text = rng.sample(words, rng.randint(2, 7)) + ["good" if rng.random() < 0.5 else "bad"]
-        if label:
-            text.insert(rng.randrange(len(text) + 1), "music")
-        rows.append({"text": " ".join(text), "label": label})
-    return rows
-
-
-def write_task(root: Path, make) -> dict[str, str]:
-    root.mkdir(parents=True)
-    files = {}
-    for split, n, seed in (("train", 64, 1), ("dev", 16, 2), ("test", 24, 3)):
-        files[split] = root / f"{split}.jsonl"
-        files[split].write_text("".join(json.dumps(r) + "\n" for r in make(n, seed)))
-    return {f"{k}_file": str(v) for k, v in files.items()}
-
-
-def train_run(output: Path, model: Path, files: dict, seed: int, **kw) -> Path:
-    from sparta.train import TrainConfig, train
-
-    values = dict(task="custom", model=str(model), output=str(output), seed=seed, density=0.2, batch_size=8,
-                  max_steps=6, lr=2e-2, progress=False, zero_shot=False, device="cpu", **files)  # fmt: skip
-    cfg = TrainConfig(**(values | kw))
-    train(cfg)
-    return output
+from tinyclsruns import bare_adapter, topic_examples, train_run, write_task
+from tinylm import save_model_dir, toy_examples  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -75,18 +42,6 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         "topic": train_run(root / "topic", base, topic, seed=1),
         "topic_files": topic,
     }
-
-
-def bare_adapter(path: Path, base: Path, seed: int, density: float = 0.1) -> Path:
-    """A bare adapter dir with random deltas on the model saved in `base`."""
-    torch.manual_seed(seed + 100)
-    net = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=2)
-    model = get_sparta_model(net, SpartaConfig(density=density, seed=seed))
-    with torch.no_grad():
-        for p in model.delta_parameters().values():
-            p.normal_()
-    model.save_pretrained(path)
-    return path
 
 
 def dense(run: Path) -> dict[str, torch.Tensor]:

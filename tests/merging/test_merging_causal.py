@@ -1,5 +1,6 @@
-"""Merging SFT (language-modelling) SpaRTA adapters into one causal LM: weighted deltas added, trained LM heads'
-changes added, the interaction report, opening and generating; mixing with classifier adapters is refused."""
+"""Merging SFT (language-modelling) SpaRTA adapters into one causal LM: weighted deltas added (or combined by another
+rule), trained LM heads' changes added, the interaction report, opening and generating; mixing with classifier
+adapters is refused."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from sparta import SpartaConfig, SpartaError, get_sparta_model
 from sparta.adapter import iter_dense_deltas
-from sparta.adapter.io import read_heads
-from sparta.merging import merge_adapters, refit_heads
+from sparta.adapter.io import read_heads, read_sparse_deltas
+from sparta.merging import Strategy, merge_adapters, merge_sparse, refit_heads
 from sparta.runs import generate_texts, open_model
 from tinysftruns import lm_objective, write_sft_run
 
@@ -97,3 +98,28 @@ def test_sft_and_classifier_adapters_do_not_merge(sft, instruct_model_dir, tmp_p
     with pytest.raises(SpartaError, match="cannot merge classification adapters with language-modelling"):
         merge_adapters([sft["a"], tmp_path / "classifier"], tmp_path / "m")
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize(
+    "strategy", [Strategy("ties", top_k=0.5), Strategy("dare", drop=0.3, seed=1)], ids=str
+)
+def test_sft_merges_apply_the_rule_to_deltas_and_the_weighted_sum_to_trained_heads(
+    sft, tied_instruct_model_dir, tmp_path, strategy
+):
+    pair, weights = [sft["head-a"], sft["head-b"]], [0.5, 2.0]
+    doc = merge_adapters(pair, tmp_path / "m", weights=weights, strategy=strategy)
+    assert doc["strategy"] == strategy.describe() and set(doc["survival"]["tasks"]) == {"head-a", "head-b"}
+    expected = merge_sparse([read_sparse_deltas(p / "adapter") for p in pair], weights, strategy)
+    assert list(doc["survival"]["tasks"].values()) == pytest.approx(expected.survival)
+    base = AutoModelForCausalLM.from_pretrained(str(tied_instruct_model_dir)).state_dict()
+    merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / "m"))
+    state = merged.state_dict()
+    for name, (union, values) in expected.deltas.items():
+        want = base[name].clone()
+        want.view(-1).index_add_(0, union, values)
+        assert torch.equal(state[name], want), name
+    h0 = base["model.embed_tokens.weight"]
+    ha, hb = (read_heads(p / "adapter")["lm_head.weight"] for p in pair)
+    torch.testing.assert_close(
+        merged.lm_head.weight, h0 + 0.5 * (ha - h0) + 2.0 * (hb - h0), rtol=0, atol=1e-5
+    )

@@ -13,7 +13,8 @@ settings < the row's definition < scale row settings < per-model row settings < 
 A row may give `budget` instead of `density`: trainable deltas as a fraction of the all-linear weights,
 turned into a density for the row's targets from the model's shapes (same parameter count for every target set).
 `index_seed_offset: K` (any settings level) samples a cell's SpaRTA indices with seed + K instead of its seed, so
-adapters meant to be merged get different index sets per task.
+adapters meant to be merged get different index sets per task. A row with `tasks: [...]` trains only for those
+tasks. A merging recipe's `merge:` says what to merge (`sparta.experiments.merges`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,12 @@ from sparta.train.schedule import Schedule
 RECIPE_DIR = Path(__file__).resolve().parents[3] / "experiments"
 SCALES = ("cpu", "paper")
 KINDS = ("grid", "merging")
-ROW_ONLY_KEYS = ("label", "budget", "reference")  # recipe-level row keys that are not TrainConfig fields
+ROW_ONLY_KEYS = (
+    "label",
+    "budget",
+    "reference",
+    "tasks",
+)  # recipe-level row keys that are not TrainConfig fields
 # Rough CPU costs of SmolLM2-135M in fp32 on this kind of machine (seconds per token), and per-method factors.
 TRAIN_S_PER_TOKEN, EVAL_S_PER_TOKEN = 3e-3, 1e-3
 METHOD_COST = {"full": 1.3, "sparta": 1.0, "lora": 1.0, "dora": 1.2, "head": 0.4}
@@ -237,7 +243,7 @@ def expand(
             skipped[task] = why
             continue
         for row, definition in recipe.rows.items():
-            if only and row not in only:
+            if (only and row not in only) or task not in definition.get("tasks", [task]):
                 continue
             settings = {
                 **base,

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 
 from sparta.experiments import plots
+from sparta.experiments.merges import MERGED_DIR
 from sparta.experiments.recipes import Recipe
-from sparta.experiments.runner import MERGED_DIR
 from sparta.runs.layout import RESULTS_FILE
 
 CELL_COLUMNS = ["task", "row", "label", "seed", "method", "density", "targets", "trainable_params",
@@ -204,17 +204,53 @@ def paper_table(recipe: Recipe, model: str) -> str:
 
 # -- merging (Table 6) ---------------------------------------------------------------------------------------------
 def merged_records(output: str | Path) -> list[dict[str, Any]]:
-    """{row, seed, task, kind (single | merged), loss, metric, metric_name} from OUTPUT/merged/<row>/seed<k>."""
+    """{row, seed, task, kind (single | merged), loss, metric, metric_name, strategy, weight} from
+    OUTPUT/merged/<row or variant>/seed<k>."""
     out = []
     for path in sorted(Path(output).glob(f"{MERGED_DIR}/*/seed*/merged.json")):
         doc = json.loads(path.read_text())
+        rule = doc.get("strategy") or {"name": "sum"}
+        strategy = " ".join([rule["name"], *(f"{k}={v}" for k, v in rule.items() if k != "name")])
+        weights = {t["name"]: t.get("weight") for t in doc.get("tasks") or []}
         for task, pair in ((doc.get("eval") or {}).get("tasks") or {}).items():
             for kind in ("single", "merged"):
                 m = pair[kind]
                 metric = "accuracy"  # Table 6 shows accuracy for both tasks
                 out.append({"row": path.parts[-3], "seed": int(path.parts[-2][4:]), "task": task, "kind": kind,
-                            "loss": m.get("loss"), "metric": m.get(metric), "metric_name": metric})  # fmt: skip
+                            "loss": m.get("loss"), "metric": m.get(metric), "metric_name": metric,
+                            "strategy": strategy + (" (tuned)" if "tuning" in doc else ""),
+                            "weight": weights.get(task)})  # fmt: skip
     return out
+
+
+def rules_table(records: list[dict[str, Any]]) -> str:
+    """One line per merge (variant): its rule, each task's merged accuracy and its change against the task's
+    single adapter in points (mean ± sd over seeds), and the weights used."""
+    if not records:
+        return "_no merged models yet_\n"
+    tasks = list(dict.fromkeys(r["task"] for r in records))
+    head = [
+        "Merge",
+        "rule",
+        "seeds",
+        *[f"{t} {c}" for t in tasks for c in ("acc.", "Δ vs single")],
+        "weights",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in dict.fromkeys(r["row"] for r in records):
+        rs = [r for r in records if r["row"] == row]
+        cells = [row, " / ".join(dict.fromkeys(r["strategy"] for r in rs)), str(len({r["seed"] for r in rs}))]
+        for t in tasks:
+            merged = {r["seed"]: r["metric"] for r in rs if r["task"] == t and r["kind"] == "merged"}
+            single = {r["seed"]: r["metric"] for r in rs if r["task"] == t and r["kind"] == "single"}
+            change = [
+                merged[k] - single[k] for k in merged if k in single and None not in (merged[k], single[k])
+            ]
+            cells += [fmt(*mean_sd(list(merged.values()))[:2], 100, 1), fmt(*mean_sd(change)[:2], 100, 1)]
+        weights = sorted({",".join(f"{r['weight']:g}" for r in rs if r["seed"] == k and r["kind"] == "merged"
+                                   and r["weight"] is not None) for k in {r["seed"] for r in rs}})  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " | " + "; ".join(w for w in weights if w) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def merging_table(records: list[dict[str, Any]]) -> str:
@@ -297,10 +333,14 @@ def build_report(recipe: Recipe, scale: str, output: str | Path, model: str | No
     ]
     if recipe.kind == "merging":
         merged = merged_records(output)
-        write_csv(
-            output / "merged.csv", merged, ["row", "seed", "task", "kind", "loss", "metric", "metric_name"]
-        )
-        parts += ["Merged vs single-task models (test split):\n", merging_table(merged)]
+        columns = ["row", "seed", "task", "kind", "loss", "metric", "metric_name", "strategy", "weight"]
+        write_csv(output / "merged.csv", merged, columns)
+        variants = recipe.merge.get("variants")
+        table6 = [r for r in merged if r["row"] == recipe.merge["row"]] if variants else merged
+        parts += ["Merged vs single-task models (test split):\n", merging_table(table6)]
+        if variants:
+            parts += ["Merge rules (test accuracy %, change against each task's single adapter in points):\n",
+                      rules_table(merged)]  # fmt: skip
     paper = paper_table(recipe, compare)
     if paper:
         parts.append(paper)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sparta.errors import SpartaError
+from sparta.experiments.merges import merge_plans, run_merges
 from sparta.experiments.recipes import (
     Cell,
     Recipe,
@@ -34,15 +35,13 @@ from sparta.experiments.recipes import (
     measured_speed_factor,
     resolve_budgets,
 )
-from sparta.fileio import atomic_file, read_json, write_json
-from sparta.merging import compare_with_single, merge_adapters
-from sparta.runs.layout import MERGED_FILE, RESULTS_FILE
+from sparta.fileio import atomic_file, read_json
+from sparta.runs.layout import RESULTS_FILE
 from sparta.train.config import TrainConfig, load_yaml
 
 logger = logging.getLogger(__name__)
 CELL_LOG = "train.log"
 CELL_CONFIG = "cell.yaml"
-MERGED_DIR = "merged"
 
 
 def command_line(cfg: TrainConfig) -> str:
@@ -232,77 +231,3 @@ def _print_plan(recipe, scale, output, cells, tokens, summary) -> RunSummary:
     if scaled:
         logger.info(f"  {format_seconds(seconds)} for those left{scaled}")
     return summary
-
-
-# -- merging (paper section 8, Table 6) ----------------------------------------------------------------------------
-@dataclass
-class MergePlan:
-    """One `sparta merge SOURCES --output TARGET --eval` of a merging recipe (one per seed)."""
-
-    sources: list[Path]
-    target: Path
-    split: str = "test"
-    max_eval_samples: int | None = None
-    data_dir: str | None = None
-    device: str | None = None
-
-    def command(self) -> str:
-        """The equivalent command line, for people to read."""
-        argv = ["merge", *map(str, self.sources), "--output", str(self.target), "--overwrite", "--eval"]
-        argv += ["--split", self.split]
-        for flag, value in (("--max-eval-samples", self.max_eval_samples), ("--data-dir", self.data_dir),
-                            ("--device", self.device)):  # fmt: skip
-            argv += [flag, str(value)] if value else []
-        return "sparta " + shlex.join(argv)
-
-
-def merge_plans(recipe: Recipe, scale: str, output: Path, cells: list[Cell]) -> list[MergePlan]:
-    """The merges of a merging recipe, one per seed whose cells of every merged task are in `cells`."""
-    if recipe.kind != "merging":
-        return []
-    spec = recipe.merge
-    row, tasks = spec["row"], spec.get("tasks") or recipe.tasks
-    by_key = {c.key: c for c in cells}
-    out = []
-    for seed in sorted({c.seed for c in cells}):
-        sources = [by_key.get(f"{t}/{row}/seed{seed}") for t in tasks]
-        if any(s is None for s in sources):
-            continue
-        cfg = sources[0].config(output)
-        target = output / MERGED_DIR / row / f"seed{seed}"
-        dirs = [s.directory(output) for s in sources]
-        out.append(
-            MergePlan(dirs, target, spec.get("split", "test"), cfg.max_eval_samples, cfg.data_dir, cfg.device)
-        )
-    return out
-
-
-def merge_and_evaluate(plan: MergePlan) -> dict[str, Any]:
-    """Merge the plan's adapters and compare each task's merged and single metrics (merged.json records both)."""
-    doc = merge_adapters(plan.sources, plan.target, overwrite=True)
-    comparison = compare_with_single(
-        plan.target, plan.split, plan.data_dir, plan.max_eval_samples, 32, plan.device
-    )
-    doc["eval"] = {"split": plan.split, "max_eval_samples": plan.max_eval_samples, "tasks": comparison}
-    write_json(plan.target / MERGED_FILE, doc)
-    return doc
-
-
-def run_merges(recipe: Recipe, scale: str, output: Path, cells: list[Cell], summary: RunSummary) -> None:
-    for plan in merge_plans(recipe, scale, output, cells):
-        name = str(plan.target.relative_to(output))
-        merged_json = plan.target / "merged.json"
-        if merged_json.is_file() and "eval" in read_json(merged_json):
-            summary.skipped.append(name)
-            continue
-        if not all(is_done(s) for s in plan.sources):
-            logger.info(f"not merging into {plan.target}: some adapters did not finish")
-            continue
-        logger.info(plan.command())
-        try:
-            merge_and_evaluate(plan)
-        except SpartaError as err:
-            summary.failed[name] = f"merge failed: {err}"
-            logger.info(f"  merge failed: {err}")
-        else:
-            summary.merged.append(name)

@@ -1,6 +1,6 @@
 """How merged adapters interact: per pair, the positions both select, what share of each that is, how many
 would overlap by chance, and how many of the shared deltas disagree in sign; with warnings for pairs that
-(almost) share their index sets."""
+(almost) share their index sets, and for overlap rules (mean, TIES) that find (almost) nothing to act on."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from sparta.merging.sources import AdapterSource
+from sparta.merging.strategies import Strategy
 
 
 def interaction_stats(sparse: list[dict], names: list[str]) -> list[dict[str, Any]]:
@@ -60,3 +61,24 @@ def interaction_warnings(sources: list[AdapterSource], pairs: list[dict]) -> lis
         elif p["overlap_share_a"] > 0.5 or p["overlap_share_b"] > 0.5:
             out.append(f"{p['a']} and {p['b']} share over half of their positions ({p['overlap']:,})")
     return out
+
+
+def strategy_warnings(strategy: Strategy, pairs: list[dict]) -> list[str]:
+    """A note when the chosen rule's overlap handling has (almost) nothing to act on: mean, and TIES's sign
+    election and averaging, change only positions that several adapters select."""
+    overlap_rule = strategy.name in ("mean", "ties") or (strategy.name == "dare" and strategy.then == "ties")
+    if not overlap_rule or not pairs:
+        return []
+    share = max(max(p["overlap_share_a"], p["overlap_share_b"]) for p in pairs)
+    if share >= 0.05:
+        return []
+    what = "mean" if strategy.name == "mean" else "TIES's sign election and averaging"
+    rest = (
+        "so this merge is almost the sum"
+        if strategy.name == "mean"
+        else "elsewhere it adds each adapter's deltas trimmed to its top_k share"
+    )
+    return [
+        f"--strategy {strategy.name}: {what} act only where adapters share positions, and these share at most "
+        f"{100 * share:.2f}% of theirs; {rest} (adapters trained with one --index-seed share every position)"
+    ]

@@ -1,31 +1,37 @@
 """Merging SpaRTA adapters into one multi-head model (paper section 8, Table 6).
 
 Adapters trained on the same base model (their stored base-model fingerprints must agree) are added into one
-backbone, ``W = W0 + sum_i w_i * scatter(phi_i, delta_i)``, and each task keeps its own fully trained head. The
+backbone, ``W = W0 + sum_i w_i * scatter(phi_i, delta_i)`` (the paper's rule, `Strategy("sum")`), or combined by
+another rule of `sparta.merging.strategies` (mean, TIES, DARE), and each task keeps its own fully trained head. The
 merged directory (layout in `sparta.runs.layout`) is a standalone Hugging Face checkpoint of the base *causal
 LM* with the merged weights (``AutoModel`` loads the bare transformer from it, ``AutoModelForCausalLM`` the LM),
 its tokenizer, one ``heads/<task>.safetensors`` per task and ``merged.json`` describing the tasks (labels, prompt
-settings, where each came from) and how the adapters interact (`sparta.merging.interactions`). It opens with
+settings, where each came from), the rule, how the adapters interact (`sparta.merging.interactions`) and how much
+of each task's delta mass survives each rule. It opens with
 `sparta.runs.open_model` like any other directory. Language-modelling (SFT) adapters merge into one causal LM
 with no heads instead (`sparta.merging.causal`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import save_file
+from torch import nn
 from transformers import AutoTokenizer
 
 from sparta.adapter.fingerprint import check_fingerprint, model_fingerprint
 from sparta.errors import SpartaError
 from sparta.fileio import write_json
 from sparta.merging.causal import add_lm_heads, check_one_objective, lm_entry, prepare_lm_head
-from sparta.merging.interactions import interaction_stats, interaction_warnings
+from sparta.merging.interactions import interaction_stats, interaction_warnings, strategy_warnings
 from sparta.merging.sources import NAME, AdapterSource, check_same_base, open_adapter, read_head, read_sparse
+from sparta.merging.strategies import STRATEGIES, Sparse, Strategy, merge_sparse
 from sparta.models import load_model, load_tokenizer, quiet_transformers, resolve_model
 from sparta.runs import evaluate, open_model
 from sparta.runs.causal import LANGUAGE_MODELLING
@@ -41,7 +47,7 @@ from sparta.runs.layout import (
 from sparta.tasks import build_task
 
 
-def _tokenizer_for(source: AdapterSource, resolved) -> Any:
+def tokenizer_for(source: AdapterSource, resolved) -> Any:
     if source.run_dir is not None and (source.run_dir / TOKENIZER_DIR).is_dir():
         tok = AutoTokenizer.from_pretrained(str(source.run_dir / TOKENIZER_DIR))
         return tok
@@ -55,7 +61,7 @@ def _resolve_base(sources: list[AdapterSource], model: str | None):
     return resolve_model(name)
 
 
-def _task_entry(source: AdapterSource, weight: float, head_file: str) -> dict[str, Any]:
+def task_entry(source: AdapterSource, weight: float, head_file: str) -> dict[str, Any]:
     info, doc = source.info, source.document
     n = source.num_labels
     names = info.get("label_names") or [str(i) for i in range(n)]
@@ -82,26 +88,34 @@ def _task_entry(source: AdapterSource, weight: float, head_file: str) -> dict[st
     }
 
 
-def merge_adapters(
-    adapters: list[str | Path],
-    output: str | Path,
-    *,
-    weights: list[float] | None = None,
-    names: list[str] | None = None,
-    model: str | None = None,
-    overwrite: bool = False,
-) -> dict[str, Any]:
-    """Merge SpaRTA adapters into one multi-head model directory (SFT adapters: one causal LM); returns the
-    merged.json document."""
-    sources = _open_sources(adapters, names)
-    weights = [1.0] * len(sources) if weights is None else [float(w) for w in weights]
-    if len(weights) != len(sources):
-        raise SpartaError(f"--weights has {len(weights)} values for {len(sources)} adapters")
+@dataclass
+class Prepared:
+    """What a merge reads before it writes anything: the adapters, the base causal LM (float32, W0 everywhere
+    but the untied LM head of SFT merges) and each adapter's sparse deltas."""
+
+    sources: list[AdapterSource]
+    output: Path
+    model: str | None  # --model as given
+    resolved: Any  # the base model's registry entry / path
+    backbone: nn.Module
+    sparse: list[Sparse]
+    causal: bool
+    original_head: torch.Tensor | None  # SFT merges whose adapters change the LM head: its pretrained weight
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.sources]
+
+
+def prepare_merge(
+    sources: list[AdapterSource], output: str | Path, *, model: str | None = None, overwrite: bool = False
+) -> Prepared:
+    """Check the adapters against each other and the base model, empty the output dir, load the base causal LM
+    and read the deltas."""
     check_same_base(sources)
     causal = check_one_objective(sources)
     output = Path(output)
     prepare_dir(output, overwrite, MERGED_FILE)
-
     resolved = _resolve_base(sources, model)
     with quiet_transformers():
         backbone = load_model(resolved, task="causal-lm", dtype="float32")
@@ -110,41 +124,100 @@ def merge_adapters(
     actual = model_fingerprint(backbone)
     for s, sp in zip(sources, sparse, strict=True):
         check_fingerprint(s.document["base_model"].get("fingerprint") or {}, actual, required=list(sp))
-    with torch.no_grad():
+    return Prepared(sources, output, model, resolved, backbone, sparse, causal, original_head)
+
+
+@torch.no_grad()
+def apply_strategy(
+    backbone: nn.Module, sparse: list[Sparse], weights: list[float], strategy: Strategy
+) -> None:
+    """Add the adapters' deltas into `backbone`, which holds W0 at their positions: ``sum`` as the paper (and
+    sparta before the other rules) does, one weighted ``index_add_`` per adapter in the parameter's dtype; any
+    other rule writes ``W0 + merged`` from `merge_sparse`."""
+    if strategy.name == "sum":
         for sp, w in zip(sparse, weights, strict=True):
             for name, (_, flat, values) in sp.items():
                 param = backbone.get_parameter(name)
                 param.view(-1).index_add_(0, flat, (w * values).to(param.dtype))
-    if original_head is not None:
-        add_lm_heads(backbone, sources, weights, original_head)
-    pairs = interaction_stats(sparse, [s.name for s in sources])
+        return
+    merged = merge_sparse(sparse, weights, strategy)
+    for name, (union, values) in merged.deltas.items():
+        param = backbone.get_parameter(name)
+        param.view(-1).index_add_(0, union, values.to(param.dtype))
 
-    tokenizer = _tokenizer_for(sources[0], resolved)
+
+def survival_report(
+    sparse: list[Sparse], weights: list[float], names: list[str], strategy: Strategy
+) -> dict[str, Any]:
+    """Each task's share of its weighted delta mass that survives the chosen rule, and for reference every rule at
+    the given (or default) parameters."""
+    by_rule = {}
+    for rule in STRATEGIES:
+        other = strategy if rule == strategy.name else dataclasses.replace(strategy, name=rule)
+        shares = merge_sparse(sparse, weights, other).survival
+        by_rule[rule] = {"strategy": other.describe(), "tasks": dict(zip(names, shares, strict=True))}
+    return {"strategy": strategy.describe(), "tasks": by_rule[strategy.name]["tasks"], "by_strategy": by_rule}
+
+
+def write_merged(
+    prep: Prepared, weights: list[float], strategy: Strategy, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Save the merged backbone (already merged in `prep.backbone`), tokenizer, heads and merged.json."""
+    sources, output, backbone = prep.sources, prep.output, prep.backbone
+    tokenizer = tokenizer_for(sources[0], prep.resolved)
     backbone.config.pad_token_id = tokenizer.pad_token_id
-    if causal:
+    if prep.causal:
         write_generation_config(backbone, tokenizer)
     backbone.save_pretrained(str(output))
     tokenizer.save_pretrained(str(output))
-    if causal:
+    if prep.causal:
         tasks = [lm_entry(s, w) for s, w in zip(sources, weights, strict=True)]
     else:
         tasks = _write_heads(output, sources, weights)
+    pairs = interaction_stats(prep.sparse, prep.names)
     document = {
         "format": MERGED_FORMAT,
         "kind": "sparta-merged",
-        **({"objective": LANGUAGE_MODELLING} if causal else {}),
-        "base_model": model or sources[0].base_model,
-        "base_model_path": str(resolved.path),
+        **({"objective": LANGUAGE_MODELLING} if prep.causal else {}),
+        "base_model": prep.model or sources[0].base_model,
+        "base_model_path": str(prep.resolved.path),
         "pad_token_id": tokenizer.pad_token_id,
+        "strategy": strategy.describe(),
         "tasks": tasks,
         "interactions": pairs,
-        "warnings": interaction_warnings(sources, pairs),
+        "survival": survival_report(prep.sparse, weights, prep.names, strategy),
+        "warnings": interaction_warnings(sources, pairs) + strategy_warnings(strategy, pairs),
+        **(extra or {}),
     }
     write_json(output / MERGED_FILE, document)
     return document
 
 
-def _open_sources(adapters: list[str | Path], names: list[str] | None) -> list[AdapterSource]:
+def merge_adapters(
+    adapters: list[str | Path],
+    output: str | Path,
+    *,
+    weights: list[float] | None = None,
+    names: list[str] | None = None,
+    model: str | None = None,
+    overwrite: bool = False,
+    strategy: Strategy | None = None,
+) -> dict[str, Any]:
+    """Merge SpaRTA adapters into one multi-head model directory (SFT adapters: one causal LM) by `strategy`
+    (default: the paper's weighted sum); returns the merged.json document."""
+    strategy = strategy or Strategy()
+    sources = open_sources(adapters, names)
+    weights = [1.0] * len(sources) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(sources):
+        raise SpartaError(f"--weights has {len(weights)} values for {len(sources)} adapters")
+    prep = prepare_merge(sources, output, model=model, overwrite=overwrite)
+    apply_strategy(prep.backbone, prep.sparse, weights, strategy)
+    if prep.original_head is not None:  # fully trained LM heads: their weighted changes, whatever the rule
+        add_lm_heads(prep.backbone, sources, weights, prep.original_head)
+    return write_merged(prep, weights, strategy)
+
+
+def open_sources(adapters: list[str | Path], names: list[str] | None) -> list[AdapterSource]:
     """The adapters, each named by `names` or its task (two runs of one task: task, task-2, ...)."""
     if len(adapters) < 1:
         raise SpartaError("give at least one adapter to merge")
@@ -168,7 +241,7 @@ def _write_heads(output: Path, sources: list[AdapterSource], weights: list[float
     (output / HEADS_DIR).mkdir()
     tasks = []
     for s, w in zip(sources, weights, strict=True):
-        entry = _task_entry(s, w, f"{HEADS_DIR}/{s.name}.safetensors")
+        entry = task_entry(s, w, f"{HEADS_DIR}/{s.name}.safetensors")
         # one metadata key holding the entry as JSON: safetensors writes the metadata map in no fixed order, and
         # merging the same adapters must give the same bytes (files written before kept one key per field)
         meta = {HEAD_METADATA_KEY: json.dumps(entry, sort_keys=True)}

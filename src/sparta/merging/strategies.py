@@ -60,6 +60,26 @@ class Strategy:
         return {"name": self.name, **{k: getattr(self, k) for k in (*keys, *extra)}}
 
 
+def strategy_from_options(
+    name: str = "sum",
+    top_k: float | None = None,
+    drop: float | None = None,
+    then: str | None = None,
+    seed: int | None = None,
+) -> Strategy:
+    """A `Strategy` from command-line options, refusing a parameter that the rule would ignore."""
+    Strategy(name)  # an unknown rule is named as such first
+    given = {"top_k": top_k, "drop": drop, "then": then, "seed": seed}
+    flags = {"top_k": "--top-k", "drop": "--drop", "then": "--dare-then", "seed": "--dare-seed"}
+    used = {"sum": (), "mean": (), "ties": ("top_k",), "dare": ("drop", "then", "seed", "top_k")}[name]
+    for key, value in given.items():
+        if value is not None and key not in used:
+            raise SpartaError(f"{flags[key]} does not apply to --strategy {name}")
+    if name == "dare" and top_k is not None and then != "ties":
+        raise SpartaError("--top-k applies to dare only with --dare-then ties")
+    return Strategy(name, **{k: v for k, v in given.items() if v is not None})
+
+
 @dataclass
 class Merged:
     """The merged deltas per tensor (positions and values) and each adapter's surviving mass."""

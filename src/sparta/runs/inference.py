@@ -74,9 +74,14 @@ def evaluate(
         raise SpartaError(f"task {head.spec.name} has no {split} examples")
     if loaded.causal_lm:
         return _evaluate_lm(loaded, head, splits[split], batch_size, generate, max_new_tokens)
-    data = encode(loaded, head.name, splits[split])
-    logits = scores(loaded, data, [head.name], batch_size)[head.name]
-    return loaded.objective.metrics(head.spec, logits, data.labels)
+    return evaluate_encoded(loaded, head.name, encode(loaded, head.name, splits[split]), batch_size)
+
+
+def evaluate_encoded(loaded: Loaded, task: str, data, batch_size: int = 32) -> dict[str, float]:
+    """A classifier task's loss and metrics on inputs already encoded by `encode` (what `evaluate` ends with; a
+    caller evaluating many versions of one model on the same examples encodes them once)."""
+    logits = scores(loaded, data, [task], batch_size)[task]
+    return loaded.objective.metrics(loaded.head(task).spec, logits, data.labels)
 
 
 def _evaluate_lm(loaded: Loaded, head, examples: list[dict], batch_size: int, generate: bool | None,

@@ -5,7 +5,8 @@ model, task arguments, prompt settings), ``results.json`` (config, metrics, timi
 presence means the run finished), ``log.csv``, ``tb/``, ``tokenizer/`` and either ``adapter/`` (sparta, lora,
 dora, head) or ``model/`` (full fine-tuning: a whole transformers model), plus ``checkpoint-STEP/`` folders while
 it runs. A **merged model** (`sparta merge`) is a transformers checkpoint of the base causal LM with the merged
-weights, its tokenizer, ``heads/<task>.safetensors`` and ``merged.json``. An **export** (`sparta export`) is a
+weights, its tokenizer, ``heads/<task>.safetensors`` and ``merged.json`` (and ``tuning.csv`` when its weights were
+tuned on dev). An **export** (`sparta export`) is a
 plain transformers model directory with a ``run.json`` sidecar. Anything else with a ``config.json`` is a model
 directory; anything else at all is taken as a model name (registry alias or hub id).
 """
@@ -32,6 +33,7 @@ RUN_OUTPUTS = (RESULTS_FILE, RUN_FILE, LOG_FILE, TB_DIR, TOKENIZER_DIR, ADAPTER_
 MERGED_FILE = "merged.json"
 HEADS_DIR = "heads"
 HEAD_METADATA_KEY = "sparta_task"  # a merged head file's metadata: its merged.json task entry, as JSON
+TUNING_FILE = "tuning.csv"  # `sparta merge --tune-weights`: every candidate's per-task dev accuracy and drop
 MERGED_FORMAT = 1
 MODEL_CONFIG = "config.json"  # a transformers model directory
 

@@ -278,8 +278,16 @@ def _open_merged(path: Path, device: str | None, dtype: str | None, objective: s
     dev, torch_dtype = pick_device(device, dtype)
     if found.model_kind == "causal-lm":
         return _open_merged_causal(path, document, found, dev, torch_dtype)
-    model = MultiHeadModel.from_dir(path, dtype=torch_dtype).to(dev)
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    model = MultiHeadModel.from_dir(path, dtype=torch_dtype)
+    return merged_loaded(model, AutoTokenizer.from_pretrained(str(path)), document, dev)
+
+
+def merged_loaded(
+    model: MultiHeadModel, tokenizer: Any, document: dict[str, Any], device: torch.device
+) -> Loaded:
+    """The `Loaded` of a multi-head classifier merge: `model` (moved to `device`) answering the tasks of
+    `document` (merged.json). `open_model` builds it from a merged dir; merging builds it around a backbone held in
+    memory (`--tune-weights`), so both evaluate through the same code."""
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tasks = {}
@@ -289,7 +297,8 @@ def _open_merged(path: Path, device: str | None, dtype: str | None, objective: s
             entry["name"], spec, entry["instruct"], entry["template"], entry["padding_side"],
             entry.get("seed") or 0, known_data=bool(entry.get("task")), entry=entry,
         )  # fmt: skip
-    return Loaded("merged", model, tokenizer, tasks, document, dev, found)
+    objective = get_objective(document.get("objective", "classification"))
+    return Loaded("merged", model.to(device).eval(), tokenizer, tasks, document, device, objective)
 
 
 def _open_merged_causal(path: Path, document: dict, objective, dev, dtype) -> Loaded:
