@@ -56,6 +56,18 @@ def _is_linear(module: nn.Module) -> bool:
     return isinstance(module, LINEAR_TYPES) or isinstance(getattr(module, "base_layer", None), LINEAR_TYPES)
 
 
+def check_target_names(names: list[str], linear_names: list[str]) -> None:
+    """A SpartaError naming the targets that match no Linear module, and the Linear names there are (the one
+    "targets match nothing" message, for SpaRTA and for the PEFT methods alike)."""
+    unmatched = [t for t in names if not any(_matches(t, n) for n in linear_names)]
+    if unmatched:
+        suffixes = sorted({re.sub(r"^.*\.", "", n) for n in linear_names})
+        raise SpartaError(
+            f"target_modules {unmatched} match no Linear module; Linear module names available: "
+            f"{', '.join(suffixes) or '(none)'}"
+        )
+
+
 def find_targets(model: nn.Module, config: SpartaConfig) -> list[AdaptedParam]:
     """The tensors SpaRTA adapts for `config`, in model order; a SpartaError if the targets match nothing."""
     in_blocks = _block_module_names(model)
@@ -71,9 +83,7 @@ def find_targets(model: nn.Module, config: SpartaConfig) -> list[AdaptedParam]:
         chosen = [
             (n, m) for n, m in linear if (blocks and n in in_blocks) or any(_matches(t, n) for t in names)
         ]
-        unmatched = [t for t in names if not any(_matches(t, n) for n, _ in linear)]
-        if unmatched:
-            raise SpartaError(f"target_modules {unmatched} match no Linear module; {_available(linear)}")
+        check_target_names(names, [n for n, _ in linear])
     else:
         pattern = _compile(config.target_modules)
         chosen = [(n, m) for n, m in linear if pattern.fullmatch(n)]

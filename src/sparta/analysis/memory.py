@@ -26,12 +26,16 @@ from transformers import (
 )
 
 from sparta.adapter import SpartaConfig, find_targets, get_sparta_model
+from sparta.adapter.config import DTYPES, check_density
 from sparta.errors import SpartaError
 from sparta.models import resolve_model
 
 GB = 1e9
-DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
-TORCH_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+# the paper's Table 1 short names for sparta's dtypes (sparta.adapter.config.DTYPES), and their sizes
+SHORT_NAMES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+LONG_NAMES = {short: long for long, short in SHORT_NAMES.items()}
+DTYPE_BYTES = {SHORT_NAMES[name]: dtype.itemsize for name, dtype in DTYPES.items()}
+TORCH_DTYPES = {dtype: SHORT_NAMES[name] for name, dtype in DTYPES.items()}
 PAPER_SPARSITIES = (0.5, 0.8, 0.9, 0.95, 0.99)
 PAPER_SIZES = {"2B": 2e9, "7B": 7e9}
 
@@ -148,12 +152,6 @@ def parse_count(text: str | float | int) -> int:
     if not value > 0 or value != value:
         raise SpartaError(f"--params must be a positive count such as 7e9, 7B or 135M, got {text!r}")
     return int(round(value))
-
-
-def check_density(density: float) -> float:
-    if not isinstance(density, int | float) or not 0.0 < float(density) <= 1.0:
-        raise SpartaError(f"density must be in (0, 1] (e.g. 0.05 for 5%), got {density!r}")
-    return float(density)
 
 
 def load_config(model: str | Path) -> Any:

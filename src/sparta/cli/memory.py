@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _measure(args: argparse.Namespace, density: float) -> dict:
-    dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(args.dtype or "")
+    dtype = mem.LONG_NAMES.get(args.dtype or "")
     model = load_model(
         resolve_model(args.model), task="classification", num_labels=args.num_labels, dtype=dtype
     )

@@ -16,8 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparta.adapter.targets import LINEAR_TYPES
-from sparta.errors import SpartaError
+from sparta.adapter.targets import LINEAR_TYPES, check_target_names
 from sparta.objectives.base import Heads
 
 
@@ -61,13 +60,7 @@ def check_targets(model: nn.Module, targets: list[str]) -> None:
     """PEFT's own error does not say what exists: name the Linear modules when a target matches none."""
     if targets == ["all-linear"]:
         return
-    names = [n for n, m in model.named_modules() if isinstance(m, LINEAR_TYPES)]
-    unmatched = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names)]
-    if unmatched:
-        available = sorted({n.rsplit(".", 1)[-1] for n in names})
-        raise SpartaError(
-            f"targets {unmatched} match no Linear module; Linear module names available: {', '.join(available)}"
-        )
+    check_target_names(targets, [n for n, m in model.named_modules() if isinstance(m, LINEAR_TYPES)])
 
 
 def set_dropout(model: nn.Module, p: float) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from sparta.adapter.config import DTYPE_NAMES, INDEX_FORMATS
+from sparta.adapter.config import DTYPE_NAMES, INDEX_FORMATS, check_density
 from sparta.errors import SpartaError
 from sparta.methods import METHOD_NAMES, get_method
 from sparta.methods.base import targets_of
@@ -249,8 +249,8 @@ class TrainConfig:
             value, choices = getattr(self, f.name), f.metadata.get("choices")
             if choices and value is not None and value not in choices:
                 raise SpartaError(f"unknown {f.name} {value!r}; choose one of {', '.join(choices)}")
+        check_density(self.density)
         checks = [
-            (0 < self.density <= 1, f"density must be in (0, 1], got {self.density}"),
             (self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1"),
             (
                 self.max_steps is None or self.max_steps >= 1,
