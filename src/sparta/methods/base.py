@@ -10,6 +10,8 @@ same field names), so this layer does not depend on the training package.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,17 @@ class Method:
     def describe(self, model: nn.Module, device: torch.device) -> list[str]:
         """Extra lines for the run log (e.g. which kernel computes the gradients)."""
         return []
+
+    def keep_reference(self, model: nn.Module) -> None:
+        """Keep what `reference` needs of the model as it is now, before training (full: a frozen copy)."""
+
+    @contextlib.contextmanager
+    def reference(self, model: nn.Module) -> Iterator[nn.Module]:
+        """The model to run as the reference of preference optimisation: the model before training (for
+        adapters: the same model with its adapter disabled, no copy of any weight). Only forwards under no_grad
+        may run inside, and never between a training forward and its backward."""
+        raise SpartaError(f"the {self.name} method has no reference model for preference optimisation")
+        yield model  # (unreachable: makes this a generator)
 
 
 def heads_of(model: nn.Module, cfg: Any, objective: Any, heads: Heads | None) -> Heads:

@@ -4,6 +4,9 @@ head stays tied to its input embeddings unless --lm-head train unties it (then b
 
 from __future__ import annotations
 
+import contextlib
+import copy
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,3 +32,15 @@ class Full(Method):
 
     def load(self, base: nn.Module, directory: Path) -> nn.Module:
         return base  # the run's model/ directory is the model; the run layer loads it as any model directory
+
+    def keep_reference(self, model: nn.Module) -> None:
+        """A frozen copy of the whole model, held outside its modules (not a parameter, not in its state)."""
+        if "_sparta_reference" not in model.__dict__:
+            frozen = copy.deepcopy(model).requires_grad_(False).eval()
+            model.__dict__["_sparta_reference"] = frozen
+
+    @contextlib.contextmanager
+    def reference(self, model: nn.Module) -> Iterator[nn.Module]:
+        """The frozen copy `keep_reference` made; without one, the model itself, which is the reference only
+        before its first step (what `--precompute-reference` uses, so that no copy is ever made)."""
+        yield model.__dict__.get("_sparta_reference", model)

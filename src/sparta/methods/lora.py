@@ -5,6 +5,8 @@ objective's (SEQ_CLS, CAUSAL_LM)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,12 @@ class Lora(Method):
             raise SpartaError(
                 f"cannot load the {self.name} adapter in {directory}: {one_line(err)}"
             ) from None
+
+    @contextlib.contextmanager
+    def reference(self, model: nn.Module) -> Iterator[nn.Module]:
+        """PEFT's disabled adapter (the LoRA/DoRA updates and modules_to_save copies bypassed)."""
+        with model.disable_adapter():
+            yield model
 
 
 class Dora(Lora):

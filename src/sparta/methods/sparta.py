@@ -7,6 +7,8 @@ index seeds so that their positions barely overlap. Files: `adapter_config.json`
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,3 +49,9 @@ class Sparta(Method):
 
     def describe(self, model: nn.Module, device: torch.device) -> list[str]:
         return [f"delta-gradient kernel: {native.status()}"] if device.type == "cpu" else []
+
+    @contextlib.contextmanager
+    def reference(self, model: nn.Module) -> Iterator[nn.Module]:
+        """The same model with its adapter disabled: W0 at phi and the original head, restored on exit."""
+        with model.disable_adapter():
+            yield model

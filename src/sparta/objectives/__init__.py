@@ -13,8 +13,9 @@ from sparta.errors import SpartaError
 from sparta.objectives.base import Heads, Objective
 from sparta.objectives.classification import Classification
 from sparta.objectives.language_modelling import LanguageModelling, LMEncoded
+from sparta.objectives.preference import PairEncoded, Preference
 
-OBJECTIVES: dict[str, Objective] = {o.name: o for o in (Classification(), LanguageModelling())}
+OBJECTIVES: dict[str, Objective] = {o.name: o for o in (Classification(), LanguageModelling(), Preference())}
 OBJECTIVE_NAMES = tuple(OBJECTIVES)
 
 
@@ -39,6 +40,8 @@ __all__ = [
     "LMEncoded",
     "LanguageModelling",
     "Objective",
+    "PairEncoded",
+    "Preference",
     "get_objective",
     "objective_for",
 ]

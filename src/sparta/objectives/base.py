@@ -4,7 +4,8 @@ kinds of task, with the defaults of an objective that has nothing special to say
 An objective is asked instead of tested by name: which run settings apply to it (`check`), which modules train
 fully or sparsely besides the method's targets (`heads`), the extra arguments of its `encode` and `evaluate`
 (`encode_options`, `eval_options`), what run.json records of its settings (`run_settings`), and how the progress
-bar counts work (`work`, `work_unit`) and the log describes a split (`describe`).
+bar counts work (`work`, `work_unit`) and the log describes a split (`describe`), what to attach once the
+method is applied (`prepare`) and what results.json adds about the data (`data_report`).
 """
 
 from __future__ import annotations
@@ -53,6 +54,14 @@ class Objective:
 
     def run_settings(self, cfg: Any, heads: Heads) -> dict[str, Any]:
         """Settings of this objective that run.json records (to rebuild the model)."""
+        return {}
+
+    def prepare(self, net: nn.Module, method: Any, cfg: Any, enc: dict[str, Any], **runtime: Any) -> None:
+        """Called once by the loop after the method is applied, before the optimizer is built (`runtime`:
+        output, device, pad_id, rt); preference optimisation attaches its reference here."""
+
+    def data_report(self, enc: dict[str, Any], task: Any, cfg: Any) -> dict[str, Any]:
+        """What results.json's "data" records besides the split sizes (e.g. pairs dropped per split)."""
         return {}
 
     @staticmethod

@@ -209,3 +209,57 @@ def chunked_nll(
             part = slice(start, start + chunk)
             total += F.cross_entropy(logits(rows[part]), targets[part], reduction="sum")
     return total
+
+
+class _ChunkedTokenNLL(torch.autograd.Function):
+    """Per-row cross-entropy of `logits(rows)` against `targets` (N,), for a head with nothing to train: each
+    row's NLL depends on its own row only, so the gradient of the summed NLL for the rows is also the gradient of
+    each row's own NLL; backward scales each row's stored gradient by that row's incoming gradient."""
+
+    @staticmethod
+    def forward(ctx, logits, chunk_rows: int, rows: torch.Tensor, targets: torch.Tensor):  # noqa: ANN001, ANN205
+        grad_rows = torch.zeros_like(rows)
+        out = torch.zeros(rows.shape[0], dtype=torch.float32, device=rows.device)
+        for start in range(0, rows.shape[0], chunk_rows):
+            part = slice(start, start + chunk_rows)
+            with torch.enable_grad():
+                h = rows[part].detach().requires_grad_(True)
+                nll = F.cross_entropy(logits(h), targets[part], reduction="none")
+                (grad,) = torch.autograd.grad(nll.sum(), [h])
+            out[part] = nll.detach()
+            grad_rows[part] = grad
+        ctx.save_for_backward(grad_rows)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):  # noqa: ANN001, ANN205
+        (grad_rows,) = ctx.saved_tensors
+        return None, None, grad_rows * grad_out.to(grad_rows.dtype).unsqueeze(-1), None
+
+
+def sequence_nll(
+    model: nn.Module, rows: torch.Tensor, targets: torch.Tensor, segments: torch.Tensor, n: int,
+    chunk_elements: int | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """Summed next-token NLL per sequence, (n,) float32: row r belongs to sequence `segments[r]`. Same head and
+    chunking as `chunked_nll`; a frozen head keeps one gradient row per hidden row (nothing of vocabulary size),
+    a trainable head (lm_head train/sparse) runs `chunked_nll` once per sequence, each of which keeps its own
+    gradient of the head's tensors until backward (memory: one head-sized gradient per sequence of the batch)."""
+    lm = causal_lm(model)
+    head = lm.get_output_embeddings()
+    params = [p for p in head.parameters() if p.requires_grad]
+    if torch.is_grad_enabled() and params:
+        return torch.stack([chunked_nll(model, rows[segments == k], targets[segments == k], chunk_elements)
+                            for k in range(n)])  # fmt: skip
+    logits = logits_function(model)
+    weight = getattr(head, "weight", None)
+    vocab = getattr(head, "out_features", None) or (weight.shape[0] if weight is not None else 0)
+    chunk = chunk_rows_for(vocab or text_configs(lm)[-1].vocab_size, chunk_elements)
+    if torch.is_grad_enabled() and rows.requires_grad:
+        per_row = _ChunkedTokenNLL.apply(logits, chunk, rows, targets)
+    else:
+        with torch.no_grad():
+            per_row = torch.cat([F.cross_entropy(logits(rows[s : s + chunk]), targets[s : s + chunk],
+                                                 reduction="none") for s in range(0, rows.shape[0], chunk)])  # fmt: skip
+    out = torch.zeros(n, dtype=torch.float32, device=rows.device)
+    return out.index_add(0, segments.to(rows.device), per_row)

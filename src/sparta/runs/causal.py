@@ -19,9 +19,10 @@ from torch import nn
 from transformers import AutoConfig, AutoTokenizer
 
 from sparta.errors import SpartaError
+from sparta.fileio import read_json
 from sparta.methods import get_method
 from sparta.models import ResolvedModel, load_model, load_tokenizer, quiet_transformers, resolve_model
-from sparta.runs.layout import ADAPTER_DIR, MODEL_DIR, TOKENIZER_DIR
+from sparta.runs.layout import ADAPTER_DIR, MODEL_DIR, RUN_FILE, TOKENIZER_DIR
 
 LANGUAGE_MODELLING = "language-modelling"  # the objective of SFT runs (sparta.objectives.language_modelling)
 FROZEN_HEAD = "frozen"  # run.json "lm_head" of a run that left the LM head as it was
@@ -78,9 +79,12 @@ def open_causal_run(run_dir: Path, info: dict[str, Any], dtype: torch.dtype) -> 
         raise SpartaError(f"{run_dir} has no {TOKENIZER_DIR}/ folder; is it a finished training run?")
     tokenizer = with_pad_token(AutoTokenizer.from_pretrained(str(run_dir / TOKENIZER_DIR)))
     method = get_method(info.get("method", ""))
-    resolved = resolve_model(str(run_dir / MODEL_DIR)) if method.saves_model else base_model_of(info)
-    with quiet_transformers():
-        model = load_model(resolved, task="causal-lm", dtype=dtype)
+    if info.get("init_from") and not method.saves_model:  # trained on top of another run's merged model
+        model = merged_run_model(Path(info["init_from"]), dtype)
+    else:
+        resolved = resolve_model(str(run_dir / MODEL_DIR)) if method.saves_model else base_model_of(info)
+        with quiet_transformers():
+            model = load_model(resolved, task="causal-lm", dtype=dtype)
     model.config.pad_token_id = tokenizer.pad_token_id
     if method.saves_model:
         return model, tokenizer
@@ -104,3 +108,20 @@ def open_causal_dir(name: str, dtype: torch.dtype) -> tuple[nn.Module, Any, bool
     tokenizer = with_pad_token(load_tokenizer(resolved))
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer, bool(resolved.instruct)
+
+
+def merged_run_model(run_dir: Path, dtype: torch.dtype) -> nn.Module:
+    """The model of a causal-LM run (SFT) as a plain transformers model: its adapter merged into the base weights
+    (`merge_and_unload`: SpaRTA writes W0[phi] + delta, exactly what its forward runs), full FT's model/ as it is.
+    What `--init-from RUN` starts from: its weights are the next run's W0."""
+    if not (run_dir / RUN_FILE).is_file():
+        raise SpartaError(
+            f"--init-from {run_dir}: no {RUN_FILE} there; give the directory of a finished SFT run"
+        )
+    info = read_json(run_dir / RUN_FILE)
+    if info.get("objective") not in (LANGUAGE_MODELLING, "preference"):
+        raise SpartaError(f"--init-from {run_dir}: it is a {info.get('objective', 'classification')} run; give an "
+                          "SFT (language-modelling) run")  # fmt: skip
+    model, _ = open_causal_run(run_dir, info, dtype)
+    model = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    return model.requires_grad_(True)

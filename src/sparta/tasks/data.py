@@ -12,8 +12,9 @@ from sparta.tasks import rows as R
 from sparta.tasks.chat import encode_example
 from sparta.tasks.files import read_records
 from sparta.tasks.labels import warn_missing_eval_classes
+from sparta.tasks.preference import HH_SIZES, carve
 from sparta.tasks.prompts import format_input
-from sparta.tasks.specs import LANGUAGE_MODELLING, TaskSpec, get_task
+from sparta.tasks.specs import CLASSIFICATION, LANGUAGE_MODELLING, PREFERENCE, TaskSpec, get_task
 
 SPLIT_SEED = 20240901  # fixed: the dev carve and eval subsets do not depend on the training seed
 HUB = "hub"  # data_dir value that forces loading from the Hugging Face hub
@@ -59,14 +60,10 @@ def load_splits(
     for name, n in (("max_train_samples", max_train_samples), ("max_eval_samples", max_eval_samples)):
         if n is not None and n < 1:
             raise SpartaError(f"{name} must be a positive number, got {n}")
-    read = _reader(task, data_dir)
-    train, test = read(task.train_splits), read(task.test_splits)
-    if task.dev_splits:
-        dev = read(task.dev_splits)
-    elif task.dev_from == "test":
-        dev, test = _carve(test, task.dev_size, f"{task.name} test")
-    else:
-        dev, train = _carve(train, task.dev_size, f"{task.name} train")
+    carved = _carved(task, data_dir)
+    train, dev, test = (
+        (carved["train"], carved["dev"], carved["test"]) if carved else _read_splits(task, data_dir)
+    )
     train = _subset(train, task.train_cap, SPLIT_SEED)
     if max_train_samples is not None:
         train = _subset(train, max_train_samples, seed)
@@ -76,9 +73,51 @@ def load_splits(
             _subset(test, max_eval_samples, SPLIT_SEED + 2),
         )
     splits = {"train": train, "dev": dev, "test": test}
-    if task.objective != LANGUAGE_MODELLING:  # a language-modelling task has no classes
+    if task.objective == CLASSIFICATION:  # language-modelling and preference tasks have no classes
         warn_missing_eval_classes(task.label_names, splits, max_eval_samples)
     return splits
+
+
+def _read_splits(task: TaskSpec, data_dir) -> tuple[list[dict], list[dict], list[dict]]:  # noqa: ANN001
+    """(train, dev, test) as the task's splits say: dev read, or carved from train or test."""
+    read = _reader(task, data_dir)
+    train, test = read(task.train_splits), read(task.test_splits)
+    if task.dev_splits:
+        return train, read(task.dev_splits), test
+    if task.dev_from == "test":
+        dev, test = _carve(test, task.dev_size, f"{task.name} test")
+        return train, dev, test
+    dev, train = _carve(train, task.dev_size, f"{task.name} train")
+    return train, dev, test
+
+
+def _carved(task: TaskSpec, data_dir) -> dict[str, list[dict]] | None:
+    """A task read from one local file and carved (hh-harmless offline), or None to read its splits."""
+    if not task.local_file or task.data_files:
+        return None
+    root = resolve_data_dir(data_dir)
+    if root is None:
+        return None
+    path = root / task.local_file
+    if not path.is_file():
+        raise SpartaError(f"{task.name}: data file {path} not found; pass --data-dir DIR holding {task.local_file}, "
+                          f"or --data-dir {HUB} to read {task.hf_path} from the Hugging Face hub")  # fmt: skip
+    return carve(read_records(path))
+
+
+def data_source(task: TaskSpec, data_dir=None) -> dict[str, object]:  # noqa: ANN001
+    """Where a task's splits come from, for results.json: files, a carved local file, the hub, or a data dir."""
+    if task.data_files:
+        return {"kind": "files", "files": dict(task.data_files)}
+    root = resolve_data_dir(data_dir)
+    if task.local_file and root is not None:
+        return {"kind": "carved local file", "path": str(root / task.local_file),
+                "carve": "sparta.tasks.preference.carve", "sizes": {"train": "the rest", **HH_SIZES}}  # fmt: skip
+    if root is None:
+        return {"kind": "hub", "dataset": task.hf_path, "name": task.hf_name, "data_dir": task.hf_data_dir,
+                "train": list(task.train_splits), "test": list(task.test_splits),
+                "dev": list(task.dev_splits) or f"{task.dev_size} carved from {task.dev_from}"}  # fmt: skip
+    return {"kind": "data dir", "path": str(root / task.name)}
 
 
 def filter_by_length(
@@ -140,6 +179,8 @@ def _reader(task: TaskSpec, data_dir):
                 for i, row in enumerate(rows, 1):
                     R.check_row(task, row, f"{source}: record {i}")
                 out += rows
+            elif task.objective == PREFERENCE:  # as they are: the encoding drops and counts bad pairs
+                out += rows
             else:
                 out += [_normalise(task, r, source) for r in rows]
         return out
@@ -155,7 +196,8 @@ def _hub(task: TaskSpec, split: str, name: str) -> list[dict]:
             f"loading {name} from the hub needs `pip install datasets`; or pass --data-dir DIR"
         ) from e
     try:
-        return datasets.load_dataset(task.hf_path, task.hf_name, split=split).to_list()
+        extra = {"data_dir": task.hf_data_dir} if task.hf_data_dir else {}
+        return datasets.load_dataset(task.hf_path, task.hf_name, split=split, **extra).to_list()
     except Exception as e:  # network, auth and missing-dataset errors all mean the same to the user
         raise SpartaError(
             f"could not load {name} split {split!r} from the Hugging Face hub ({type(e).__name__}: {str(e)[:200]}); "

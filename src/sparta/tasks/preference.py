@@ -87,3 +87,64 @@ def carve(
         "dev": [rows[i] for i in order[n_test : n_test + n_dev]],
         "train": [rows[i] for i in order[n_test + n_dev :]],
     }
+
+
+PAIR_FIELDS = ("prompt", "chosen", "rejected")
+
+
+def _reply(value: object) -> str | None:
+    """A reply as text: a string, or a list of turns whose last is the assistant's (TRL's conversational form)."""
+    if isinstance(value, str):
+        return value.strip()
+    if (
+        isinstance(value, list)
+        and value
+        and isinstance(value[-1], dict)
+        and value[-1].get("role") == "assistant"
+    ):
+        content = value[-1].get("content")
+        return content.strip() if isinstance(content, str) else None
+    return None
+
+
+def _prompt_messages(value: object) -> list[dict[str, str]] | None:
+    """A prompt as chat messages: a string is one user turn; a list of {role, content} turns is kept."""
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}] if value.strip() else None
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(t, dict) and {"role", "content"} <= set(t) for t in value)
+    ):
+        return [{"role": str(t["role"]), "content": str(t["content"])} for t in value]
+    return None
+
+
+def pair_of(row: dict) -> tuple[PairSplit | None, str | None]:
+    """(the pair, None) or (None, why it is dropped) for one row of either data format:
+
+    * ``prompt`` (text, or chat messages ending with the user's turn) with ``chosen`` and ``rejected`` replies
+      (text, or a list of turns ending with the assistant's);
+    * hh-rlhf's ``chosen`` and ``rejected`` whole dialogues and no ``prompt`` (`split_dialogue_pair`).
+
+    Dropped (never guessed at): a missing field, an empty reply, identical replies, a prompt that is no
+    conversation, or (hh-rlhf) dialogues that do not differ in their last reply only."""
+    missing = [f for f in ("chosen", "rejected") if row.get(f) is None]
+    if missing:
+        return None, f"missing field {missing[0]}"
+    if row.get("prompt") is None:
+        chosen, rejected = row["chosen"], row["rejected"]
+        if isinstance(chosen, str) and isinstance(rejected, str) and HUMAN in chosen:
+            return split_dialogue_pair(chosen, rejected)
+        return None, "missing field prompt"
+    messages = _prompt_messages(row["prompt"])
+    if messages is None or messages[-1]["role"] != "user":
+        return None, "no user turn before the replies"
+    chosen, rejected = _reply(row["chosen"]), _reply(row["rejected"])
+    if chosen is None or rejected is None:
+        return None, "a reply is not text"
+    if not chosen or not rejected:
+        return None, "empty reply"
+    if chosen == rejected:
+        return None, "identical"
+    return PairSplit(messages, chosen, rejected), None

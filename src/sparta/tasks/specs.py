@@ -13,8 +13,9 @@ from sparta.tasks.files import DATA_SUFFIXES, read_located
 
 YES_NO = "Respond Yes or No."
 METRICS = ("accuracy", "mcc", "f1")  # implemented in sparta.tasks.metrics
-CLASSIFICATION, LANGUAGE_MODELLING = "classification", "language-modelling"
-OBJECTIVES = (CLASSIFICATION, LANGUAGE_MODELLING)
+CLASSIFICATION, LANGUAGE_MODELLING, PREFERENCE = "classification", "language-modelling", "preference"
+OBJECTIVES = (CLASSIFICATION, LANGUAGE_MODELLING, PREFERENCE)
+PREFERENCE_FIELDS = ("chosen", "rejected")  # columns that make a custom task a preference task
 LM_METRICS = ("loss", "exact_match")  # computed by the language-modelling objective
 ANSWER_PARSERS = ("gsm8k",)  # sparta.tasks.gsm8k
 # options that only mean something for classification tasks: refused for a custom language-modelling task
@@ -73,6 +74,10 @@ class TaskSpec:
     keep_calculator: bool = False  # GSM8K: keep the <<48/2=24>> calculator annotations in the targets
     answer_parser: str | None = None  # "gsm8k": final numbers are compared (sparta.tasks.gsm8k)
     generation_metric: bool = False  # evaluation also scores the exact match of a greedy generation
+    # preference tasks only
+    hf_data_dir: str | None = None  # the hub dataset's data_dir (hh-rlhf: "harmless-base")
+    local_file: str = ""  # a file under the data dir whose rows are carved into train/dev/test (hh-harmless)
+    description: str = ""
 
 
 def _glue(
@@ -101,7 +106,7 @@ def _glue(
 
 # fmt: off
 _TASKS: dict[str, TaskSpec] = {
-    t.name: t
+    t.name.replace("-", ""): t
     for t in [
         _glue("cola", ("sentence",), ("unacceptable", "acceptable"), ("No", "Yes"),
               f"Is the following sentence grammatically acceptable? {YES_NO}", 1000, metrics=("accuracy", "mcc")),
@@ -131,6 +136,16 @@ _TASKS: dict[str, TaskSpec] = {
                  hf_path="openai/gsm8k", hf_name="main", test_splits=("test",), objective=LANGUAGE_MODELLING,
                  format=R.PROMPT_COMPLETION, prompt_field="question", completion_field="answer",
                  answer_parser="gsm8k", generation_metric=True),
+        # preference pairs (DPO): the 2,312 harmless test pairs of hh-rlhf available offline, carved 1,812 / 250 /
+        # 250 (sparta.tasks.preference.carve, before any length filter); online (no data dir) Anthropic/hh-rlhf
+        # harmless-base with its own train and test splits, 250 dev pairs carved from train
+        TaskSpec("hh-harmless", 0, (), "", (), (), "", metrics=("loss",), max_length=512, dev_size=250,
+                 hf_path="Anthropic/hh-rlhf", hf_data_dir="harmless-base", test_splits=("test",),
+                 objective=PREFERENCE, local_file="hh-rlhf-harmless/test.jsonl.gz",
+                 description="hh-rlhf harmless preference pairs: offline, the 2,312 pairs of "
+                             "hh-rlhf-harmless/test.jsonl.gz carved 1,812 train / 250 dev / 250 test before any "
+                             "length filter; online, Anthropic/hh-rlhf (harmless-base) train/test, dev carved "
+                             "from train"),
     ]
 }
 # fmt: on
@@ -139,7 +154,7 @@ _CUSTOM_SPLITS = {"train": "train", "dev": "dev", "validation": "dev", "test": "
 
 def list_tasks() -> list[str]:
     """Names of the built-in tasks (``get_task("custom", data_files=...)`` builds a task from your own files)."""
-    return sorted(_TASKS)
+    return sorted(t.name for t in _TASKS.values())
 
 
 def get_task(
@@ -167,6 +182,10 @@ def get_task(
             raise SpartaError(
                 f"objective {overrides['objective']!r} is unknown; choose one of {', '.join(OBJECTIVES)}"
             )
+        if overrides.get("objective") is None and files.get("train") and _has_pair_columns(files["train"]):
+            overrides["objective"] = PREFERENCE
+        if overrides.get("objective") == PREFERENCE:
+            return custom_preference_task(files, **overrides)
         if overrides.get("objective") == LANGUAGE_MODELLING:
             labels = {
                 "num_labels": num_labels,
@@ -324,6 +343,33 @@ def custom_lm_task(data_files: dict[str, str], *, format: str | None = None, **o
     return _validate(dataclasses.replace(spec, **fields, format=fmt))
 
 
+def _has_pair_columns(path: str) -> bool:
+    rows, _ = read_located(path)
+    return bool(rows) and set(PREFERENCE_FIELDS) <= set(rows[0])
+
+
+def custom_preference_task(data_files: dict[str, str], **overrides) -> TaskSpec:
+    """A preference (DPO) task from JSONL/CSV files of ``prompt`` + ``chosen`` + ``rejected`` rows (or hh-rlhf's
+    ``chosen`` + ``rejected`` dialogues); chosen with ``objective="preference"`` or detected from the columns.
+    Rows that are no clean pair are dropped and counted when encoded (`sparta.tasks.preference.pair_of`). Dev is
+    carved from train (10%, at most 1000) when there is no dev file."""
+    files = _custom_files(data_files)
+    bad = sorted(k for k in (*_CLASSIFICATION_ONLY, "allow_rare_labels") if overrides.get(k))
+    if bad:
+        raise SpartaError(f"{', '.join(bad)} only apply to classification tasks, not to a preference task")
+    overrides.pop("allow_rare_labels", None)
+    rows, _ = read_located(dict(files)["train"])
+    missing = [c for c in PREFERENCE_FIELDS if c not in rows[0]]
+    if missing:
+        raise SpartaError(f"{dict(files)['train']}: a preference task needs columns prompt, chosen and rejected "
+                          f"(or hh-rlhf's chosen and rejected dialogues); {', '.join(missing)} not found")  # fmt: skip
+    dev = ("dev",) if any(s == "dev" for s, _ in files) else ()
+    spec = TaskSpec("custom", 0, (), "", (), (), "", metrics=("loss",), max_length=1024, data_files=files,
+                    dev_size=min(1000, max(1, len(rows) // 10)), dev_splits=dev, test_splits=("test",),
+                    objective=PREFERENCE)  # fmt: skip
+    return _validate(dataclasses.replace(spec, **_tuples(_clean(overrides))))
+
+
 def _custom_files(data_files: dict[str, str]) -> tuple[tuple[str, str], ...]:
     """(split, path) pairs of a custom task's files, checking the keys."""
     unknown = set(data_files) - set(_CUSTOM_SPLITS)
@@ -339,7 +385,11 @@ def _validate(spec: TaskSpec) -> TaskSpec:
         raise SpartaError(
             f"task {spec.name!r}: objective {spec.objective!r} is unknown; choose one of {', '.join(OBJECTIVES)}"
         )
-    (_validate_lm if spec.objective == LANGUAGE_MODELLING else _validate_labels)(spec)
+    if spec.objective == PREFERENCE:
+        if spec.num_labels or spec.label_names:
+            raise SpartaError(f"task {spec.name!r} has labels; a preference task has pairs of replies")
+    else:
+        (_validate_lm if spec.objective == LANGUAGE_MODELLING else _validate_labels)(spec)
     if spec.dev_from not in ("train", "test"):
         raise SpartaError(f"task {spec.name!r}: dev_from must be 'train' or 'test', got {spec.dev_from!r}")
     if spec.max_length < 1 or spec.dev_size < 1 or spec.train_cap < 1:

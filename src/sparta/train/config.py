@@ -24,6 +24,7 @@ from sparta.methods import METHOD_NAMES, get_method
 from sparta.methods.base import targets_of
 from sparta.objectives import OBJECTIVE_NAMES
 from sparta.objectives.language_modelling import LM_HEAD, LOSS_ON
+from sparta.objectives.preference import DPO_LOSSES
 from sparta.train import options as O
 from sparta.train.options import option
 
@@ -185,6 +186,35 @@ class TrainConfig:
     max_new_tokens: int = option(
         256, group="optim", help="language modelling: the most tokens generated per example when scoring"
     )
+    beta: float = option(
+        0.1, group="optim", help="preference (DPO): how far the policy may move from the reference (beta)"
+    )
+    dpo_loss: str = option(
+        "sigmoid",
+        group="optim",
+        choices=DPO_LOSSES,
+        help="preference: sigmoid (DPO; with --label-smoothing: conservative DPO) or ipo (on length-normalised "
+        "log-probs)",
+    )
+    label_smoothing: float = option(
+        0.0,
+        group="optim",
+        help="preference, sigmoid loss: the assumed share of flipped labels (cDPO), in [0, 0.5)",
+    )
+    precompute_reference: bool = option(
+        False,
+        group="optim",
+        const=True,
+        help="preference: compute the reference log-probs of every pair once before training and store them with "
+        "the run (OUTPUT/reference_logps.safetensors; reused on resume)",
+    )
+    init_from: str | None = option(
+        None,
+        metavar="RUN",
+        group="run",
+        help="start from this SFT run's model (its adapter merged into the base weights), which is then also "
+        "the reference of preference optimisation; a fresh adapter trains on top",
+    )
     early_stopping_patience: int | None = option(
         None, group="optim", help="stop after N dev evaluations without a lower dev loss"
     )
@@ -268,6 +298,11 @@ class TrainConfig:
             (self.save_every is None or self.save_every >= 1, "save_every must be >= 1"),
             (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
             (self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
+            (self.beta > 0, f"beta must be > 0, got {self.beta}"),
+            (
+                0 <= self.label_smoothing < 0.5,
+                f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}",
+            ),
             (
                 not (self.objective == "language-modelling" and self.method == "head"),
                 "the head method trains a classification head, which language modelling does not have: use "

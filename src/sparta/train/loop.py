@@ -315,6 +315,9 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
         net = apply_method(
             cfg, s, rt
         )  # the unwrapped model: evaluation, state and saving use it, never DDP's
+        # (preference: the reference, on the unwrapped model, before any step)
+        s.objective.prepare(net, s.method, cfg, s.enc, output=output, device=s.device,
+                            pad_id=s.tokenizer.pad_token_id, rt=rt)  # fmt: skip
         opt = build_optimisation(cfg, net, s.enc["train"], rt, ckpt)
         prepared, optimizer = rt.prepare(net, opt.optimizer)
         if s.device.type == "cuda":

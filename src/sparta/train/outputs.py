@@ -40,6 +40,7 @@ def run_info(cfg: TrainConfig, s: Setup) -> dict[str, Any]:
         "seed": cfg.seed,
         "dtype": str(s.dtype).removeprefix("torch."),
         "adapter": MODEL_DIR if s.method.saves_model else ADAPTER_DIR,
+        "init_from": str(Path(cfg.init_from).resolve()) if cfg.init_from else None,
         **s.objective.run_settings(cfg, s.heads),  # e.g. language modelling: loss_on, lm_head, lm_head_untied
     }
 
@@ -98,6 +99,7 @@ def results_document(cfg, s: Setup, net, opt: Any, metrics, zero_shot, restored,
             "max_length": s.max_length,
             "dev": len(s.enc["dev"]),
             "test": len(s.enc["test"]),
+            **s.objective.data_report(s.enc, s.task, cfg),
         },  # fmt: skip
         "device": str(s.device),
         "dtype": str(s.dtype).removeprefix("torch."),

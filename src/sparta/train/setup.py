@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from sparta.errors import SpartaError
+from sparta.fileio import read_json
 from sparta.methods import Method, count_parameters, get_method, set_dropout
 from sparta.models import (
     is_encoder,
@@ -26,7 +27,8 @@ from sparta.models import (
     resolve_model,
 )
 from sparta.objectives import Heads, Objective, objective_for
-from sparta.runs.layout import prepare_output
+from sparta.runs.causal import base_model_of, merged_run_model
+from sparta.runs.layout import RUN_FILE, prepare_output
 from sparta.tasks import build_task, format_input, load_splits
 from sparta.tasks.labels import class_counts
 from sparta.train import checkpoint as C
@@ -77,15 +79,38 @@ def choose_task(cfg: TrainConfig) -> tuple[dict[str, Any], Any, Objective]:
     return targs, task, objective
 
 
-def load_model_and_tokenizer(model: str, objective, num_labels: int, dtype: torch.dtype, padding_side: str):
-    """(resolved, model, tokenizer) via sparta.models; the tokenizer has a pad token and the given padding side."""
+def load_model_and_tokenizer(model: str, objective, num_labels: int, dtype: torch.dtype, padding_side: str,
+                             init_from: str | None = None):  # fmt: skip
+    """(resolved, model, tokenizer) via sparta.models; the tokenizer has a pad token and the given padding side.
+    `init_from`: the model is that run's, its adapter merged into the base weights (`merged_run_model`)."""
     resolved = resolve_model(model)
     tokenizer = load_tokenizer(resolved)
     tokenizer.padding_side = padding_side
-    with quiet_transformers():  # (num_labels 0: no classification head)
-        net = load_model(resolved, task=objective.model_kind, num_labels=num_labels or None, dtype=dtype)
+    if init_from:
+        net = init_from_model(init_from, resolved, objective, dtype)
+    else:
+        with quiet_transformers():  # (num_labels 0: no classification head)
+            net = load_model(resolved, task=objective.model_kind, num_labels=num_labels or None, dtype=dtype)
     net.config.pad_token_id = tokenizer.pad_token_id  # the head pools the last token that is not this id
     return resolved, net, tokenizer
+
+
+def init_from_model(run: str, resolved, objective, dtype: torch.dtype) -> nn.Module:  # noqa: ANN001
+    """The SFT run `run`'s model merged into a plain model; it must be a causal LM on the run's base model."""
+    if objective.model_kind != "causal-lm":
+        raise SpartaError(f"--init-from starts from an SFT run's causal LM; the {objective.name} objective does not "
+                          "train one")  # fmt: skip
+    path = Path(run)
+    info = read_json(path / RUN_FILE) if (path / RUN_FILE).is_file() else {}
+    base = base_model_of(info) if info else None
+    if base is not None and str(base.path) != str(resolved.path):
+        raise SpartaError(
+            f"--init-from {run} was trained on {info.get('model')}; give --model {info.get('model')}"
+        )
+    logger.info(
+        f"starting from {run}: its adapter merged into the base weights (the new W0 and the reference)"
+    )
+    return merged_run_model(path, dtype)
 
 
 def encode_splits(cfg: TrainConfig, objective, task, tokenizer, instruct: bool, context: int | None,
@@ -158,7 +183,7 @@ def set_up(cfg: TrainConfig, rt: Runtime, chosen: tuple | None = None) -> Setup:
     targs, task, objective = chosen or choose_task(cfg)
     method = get_method(cfg.method)
     resolved, model, tokenizer = load_model_and_tokenizer(cfg.model, objective, task.num_labels, dtype,
-                                                          cfg.padding_side)  # fmt: skip
+                                                          cfg.padding_side, cfg.init_from)  # fmt: skip
     instruct = bool(getattr(resolved, "instruct", False))
     context = getattr(model.config, "max_position_embeddings", None)
     encoder = is_encoder(model.config)  # sentence pairs as pairs, truncated from the right
