@@ -10,7 +10,7 @@ from sparta.errors import SpartaError
 from sparta.tasks import TaskSpec, get_task, label_words, list_tasks
 
 CLASSIFICATION = ["cola", "imdb", "mmlu", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2"]
-ALL = sorted([*CLASSIFICATION, "gsm8k"])
+ALL = sorted([*CLASSIFICATION, "gsm8k", "hh-harmless"])
 DEV_SIZES = {
     "cola": 1000,
     "mnli": 10000,
@@ -67,7 +67,7 @@ def test_aliases_and_overrides():
 
 
 def test_errors():
-    with pytest.raises(SpartaError, match="unknown task 'glue'.*cola, gsm8k, imdb, mmlu"):
+    with pytest.raises(SpartaError, match="unknown task .glue.*cola, gsm8k, hh-harmless, imdb, mmlu"):
         get_task("glue")
     with pytest.raises(SpartaError, match="unknown task option"):
         get_task("rte", colour="red")

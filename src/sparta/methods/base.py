@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from sparta.adapter.targets import LINEAR_TYPES, check_target_names
+from sparta.errors import SpartaError
 from sparta.objectives.base import Heads
 
 
