@@ -63,8 +63,9 @@ class LMEncoded:
 
 
 def _provided(module: str, name: str) -> Any:
-    """A function of another part of the SFT feature, imported on use: `sparta.tasks.chat` (chat formats) and
-    `sparta.objectives.generation` (needed only when generations are scored)."""
+    """A function of `sparta.tasks.chat` (chat formats), `sparta.tasks` or `sparta.objectives.generation` (needed
+    only when generations are scored), looked up when used (the tests put stand-ins for these modules in
+    `sys.modules`). Both are below or beside this module in the layers."""
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):

@@ -89,13 +89,9 @@ def _chat_format(loaded: Loaded) -> bool:
 
 def _encode_turns(messages: list[dict[str, str]], tokenizer: Any, instruct: bool) -> list[int]:
     """Token ids of chat turns rendered for generation (ending with the assistant's generation prompt)."""
-    if render_messages is not None:  # its rendering holds every special token it needs (BOS included)
-        text = render_messages(messages, tokenizer, instruct, add_generation_prompt=True)
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-    if instruct:
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-    return tokenizer("\n".join(turn["content"] for turn in messages) + "\n")["input_ids"]
+    # the rendering holds every special token it needs (BOS included)
+    text = render_messages(messages, tokenizer, instruct, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def prompt_ids(loaded: Loaded, prompt: Prompt, system: str | None = None) -> list[int]:
