@@ -10,7 +10,11 @@ import argparse
 import shlex
 import sys
 
+from sparta.console import configure_logging
 from sparta.errors import SpartaError
+from sparta.train import train
+from sparta.train.config import TrainConfig
+from sparta.train.rates import format_lr
 
 # The budget of PEFT LoRA r=8 on q_proj and v_proj of SmolLM2-135M (460,800 parameters) spread over its Wv and Wo
 # matrices (13,271,040 parameters): the paper's "SpaRTA at the LoRA budget" with its preferred Wv/Wo targets.
@@ -31,9 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="runs/demo", help="output directory (default runs/demo)")
     args = parser.parse_args(argv)
 
-    from sparta.train import train
-    from sparta.train.config import TrainConfig
-    from sparta.train.rates import format_lr
+    configure_logging()  # the run's progress lines, as `sparta train` prints them
 
     cfg = TrainConfig(
         task="sst2",
