@@ -22,6 +22,7 @@ from sparta.errors import SpartaError
 from sparta.fileio import read_json
 from sparta.methods import get_method
 from sparta.models import ResolvedModel, load_model, load_tokenizer, quiet_transformers, resolve_model
+from sparta.objectives.lm_head import untie_lm_head
 from sparta.runs.layout import ADAPTER_DIR, MODEL_DIR, RUN_FILE, TOKENIZER_DIR
 
 LANGUAGE_MODELLING = "language-modelling"  # the objective of SFT runs (sparta.objectives.language_modelling)
@@ -46,20 +47,6 @@ def base_model_of(info: dict[str, Any], model: str | None = None) -> ResolvedMod
         return resolve_model(info["model"])
     except SpartaError:
         return resolve_model(info.get("model_path") or info["model"])
-
-
-def untie_lm_head(model: nn.Module) -> bool:
-    """Give an LM head that shares the input embedding matrix its own copy of it, and record that in the config
-    (``tie_word_embeddings`` false, so a save writes the head and a load keeps it apart). Returns whether it did."""
-    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
-    if head is None or embeddings is None or head.weight is not embeddings.weight:
-        return False
-    head.weight = nn.Parameter(
-        embeddings.weight.detach().clone(), requires_grad=embeddings.weight.requires_grad
-    )
-    for config in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
-        config.tie_word_embeddings = False
-    return True
 
 
 def with_pad_token(tokenizer: Any) -> Any:
