@@ -14,6 +14,9 @@ import torch
 from tinylm import save_model_dir, toy_examples
 
 REPO = Path(__file__).resolve().parents[1]
+# The suite's numerics are fp32 unless a test asks for a precision: without this a CPU with AVX512-BF16 would run
+# every training test in bf16-mixed (the default there). tests/test_precision.py covers the default's choice.
+os.environ.setdefault("ACCELERATE_MIXED_PRECISION", "no")
 SHARED_DATA = Path(os.environ.get("SPARTA_DATA_DIR", REPO.parent / "shared" / "data"))
 
 

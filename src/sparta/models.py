@@ -329,11 +329,12 @@ def load_model(
 
 
 def pick_device(device: str | None, dtype: str | None) -> tuple[torch.device, torch.dtype]:
-    """cuda when available (bfloat16), else cpu (float32), unless given."""
+    """cuda when available, else cpu; float32 weights unless `dtype` is given (mixed precision computes in bf16
+    over float32 weights: `sparta.precision`)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SpartaError(f"device {device!r} asked for but CUDA is not available; use --device cpu")
-    return dev, _torch_dtype(dtype or ("bfloat16" if dev.type == "cuda" else "float32"))
+    return dev, _torch_dtype(dtype or "float32")
 
 
 @contextlib.contextmanager

@@ -81,7 +81,8 @@ def test_a_cell_runs_from_its_yaml_file_in_a_subprocess(recipe_file, tmp_path):
         "note": "kept"
     }  # YAML carries extra
     assert results["config"]["lr"] == 0.03  # the recipe's rate, not a default
-    assert TrainConfig.from_dict(load_yaml(cell / "cell.yaml")).to_dict() == {**results["config"]}
+    as_asked = TrainConfig.from_dict(load_yaml(cell / "cell.yaml")).to_dict()
+    assert {**as_asked, "precision": "fp32"} == results["config"]  # the precision resolved for this device
     assert (cell / "train.log").read_text().startswith(f"sparta train --config {cell / 'cell.yaml'}\n")
 
 

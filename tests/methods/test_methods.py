@@ -137,7 +137,8 @@ def test_results_json_shape_and_reload(toy_config, tmp_path, caplog):
     assert f"delta-gradient kernel: {native.status()}" in caplog.messages
     out = tmp_path / "run"
     on_disk = json.loads((out / "results.json").read_text())
-    assert on_disk["config"] == cfg.to_dict()
+    # the config as run: the precision resolved for this device (the suite's fp32, tests/conftest.py)
+    assert on_disk["config"] == {**cfg.to_dict(), "precision": "fp32"}
     for key in ("trainable_params", "total_params", "peak_memory_mb", "train_seconds", "adapter_bytes"):
         assert isinstance(on_disk[key], int | float) and on_disk[key] > 0, key
     assert on_disk["trainable_params"] < on_disk["total_params"]

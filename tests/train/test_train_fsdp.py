@@ -23,7 +23,9 @@ WORKER = Path(__file__).with_name("fsdp_train_worker.py")
 
 def _runtime(engine: str, zero_stage: int | None = None) -> Runtime:
     plugin = SimpleNamespace(zero_stage=zero_stage) if zero_stage is not None else None
-    acc = SimpleNamespace(distributed_type=engine, state=SimpleNamespace(deepspeed_plugin=plugin))
+    acc = SimpleNamespace(
+        distributed_type=engine, state=SimpleNamespace(deepspeed_plugin=plugin), device=torch.device("cpu")
+    )
     return Runtime(0, 2, acc)
 
 

@@ -146,6 +146,18 @@ def merged_weight(weight: torch.Tensor, flat: torch.Tensor, delta: torch.Tensor)
         return w.index_put((flat,), values).view_as(weight)
 
 
+def _compute_input(x: torch.Tensor) -> torch.Tensor:
+    """The layer input as the forward's matmul reads it: in autocast's dtype when autocast is on (bf16/fp16).
+
+    Casting it here, not inside `F.linear`, lets backward keep the low-precision copy: half the saved
+    activation of an fp32 input, and bf16 operands for the native delta-gradient kernel, which reads bf16 in
+    place and sums in fp32 (an fp32 input next to a bf16 output gradient would need fp32 copies of both)."""
+    device = x.device.type
+    if x.is_floating_point() and torch.is_autocast_enabled(device):
+        return x.to(torch.get_autocast_dtype(device))
+    return x
+
+
 def _linear_grads(ctx, grad_out, x, weight, crow, col):  # noqa: ANN001, ANN202
     """(grad_x, grad_bias, grad_delta) of y = x W^T + b, the delta gradient at phi only (W: the merged weight)."""
     grad_x = grad_bias = grad_delta = None
@@ -154,7 +166,7 @@ def _linear_grads(ctx, grad_out, x, weight, crow, col):  # noqa: ANN001, ANN202
         grad_x = grad_out @ _oriented(weight, ctx.transposed).to(grad_out.dtype)
     g2 = grad_out.reshape(-1, grad_out.shape[-1])
     if ctx.needs_input_grad[2]:
-        grad_bias = g2.sum(0).to(ctx.bias_dtype)
+        grad_bias = g2.sum(0, dtype=torch.float32).to(ctx.bias_dtype)
     if ctx.needs_input_grad[3]:
         x2 = x.reshape(-1, x.shape[-1])
         if ctx.transposed:
@@ -176,6 +188,7 @@ class _SparseDeltaLinearFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, delta, crow, col, transposed, state):  # noqa: ANN001
+        x = _compute_input(x)
         ctx.save_for_backward(x, weight, crow, col)
         _save_meta(ctx, bias, delta, transposed)
         ctx.state = state
@@ -198,6 +211,7 @@ class _FunctionalSparseDeltaLinearFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, delta, flat, crow, col, transposed):  # noqa: ANN001
+        x = _compute_input(x)
         ctx.save_for_backward(x, weight, delta, flat, crow, col)
         _save_meta(ctx, bias, delta, transposed)
         return F.linear(x, _oriented(merged_weight(weight, flat, delta), transposed), bias)

@@ -13,6 +13,17 @@ from sparta.runs import evaluate, open_model
 from sparta.runs.layout import RESULTS_FILE
 
 
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """`--precision` (alias `--mixed-precision`) of the commands that run a model (`sparta.precision`)."""
+    parser.add_argument(
+        "--precision",
+        "--mixed-precision",
+        metavar="{fp32,bf16-mixed,fp16-mixed}",
+        help="compute precision (accelerate's no/bf16/fp16 accepted); default: the precision the run was "
+        "trained in, else bf16-mixed on a GPU or CPU with fast bf16, fp32 elsewhere",
+    )
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "eval",
@@ -33,7 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-eval-samples", type=int, help="evaluate on a fixed-seed subset of this size")
     parser.add_argument("--batch-size", type=int, default=32, help="examples per batch (default: 32)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
-    parser.add_argument("--dtype", choices=DTYPE_NAMES, help="model dtype")
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, help="the weights' dtype (default: float32)")
+    add_precision_argument(parser)
     parser.add_argument(
         "--generate",
         action=argparse.BooleanOptionalAction,
@@ -53,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else None
     if out is not None and (out / RESULTS_FILE).exists() and not args.overwrite:
         raise SpartaError(f"{out / RESULTS_FILE} exists; pass --overwrite or pick another --output")
-    loaded = open_model(args.dir, task=args.task, device=args.device, dtype=args.dtype)
+    loaded = open_model(
+        args.dir, task=args.task, device=args.device, dtype=args.dtype, precision=args.precision
+    )
     if loaded.kind == "merged" and not args.task:
         raise SpartaError(f"{args.dir} is a merged model; pass --task, one of {', '.join(loaded.tasks)}")
     head = loaded.head(args.task if loaded.kind == "merged" else None)
@@ -70,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
             "method": "merged" if merged else loaded.info.get("method"),
             "model": {"name": loaded.info.get("model", args.dir), "instruct": head.instruct},
             "metrics": {args.split: metrics},
+            "precision": {"name": loaded.precision.name, "reason": loaded.precision.reason},
         }
         write_json(out / RESULTS_FILE, results)
     return 0

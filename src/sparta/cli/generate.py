@@ -10,6 +10,7 @@ import sys
 from transformers import TextStreamer
 
 from sparta.adapter.config import DTYPE_NAMES
+from sparta.cli.evaluate import add_precision_argument
 from sparta.errors import SpartaError
 from sparta.fileio import atomic_file
 from sparta.runs import Loaded, generate_texts, open_model, read_prompts
@@ -40,7 +41,8 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="seed for sampling (default: unseeded)")
     parser.add_argument("--system", help="system prompt (default: the run's task's, if any)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
-    parser.add_argument("--dtype", choices=DTYPE_NAMES, help="model dtype")
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, help="the weights' dtype (default: float32)")
+    add_precision_argument(parser)
 
 
 def sampling(args: argparse.Namespace) -> dict:
@@ -50,7 +52,9 @@ def sampling(args: argparse.Namespace) -> dict:
 
 
 def open_for_generation(args: argparse.Namespace) -> Loaded:
-    return open_model(args.dir, device=args.device, dtype=args.dtype, objective=LANGUAGE_MODELLING)
+    return open_model(
+        args.dir, device=args.device, dtype=args.dtype, objective=LANGUAGE_MODELLING, precision=args.precision
+    )
 
 
 def streamer(loaded: Loaded) -> TextStreamer:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from sparta.cli.evaluate import add_precision_argument
 from sparta.runs import examples_from_texts, open_model, predict, predict_tasks
 from sparta.runs.inference import check_classifier
 
@@ -23,6 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--task", help="task name (default: the run's own task; required for a plain model dir)"
     )
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    add_precision_argument(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object per example")
     parser.set_defaults(func=run)
 
@@ -32,7 +34,7 @@ def _probs(pred: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    loaded = open_model(args.dir, task=args.task, device=args.device)
+    loaded = open_model(args.dir, task=args.task, device=args.device, precision=args.precision)
     check_classifier(loaded)
     if loaded.kind == "merged":  # every task's prediction, one backbone pass per prompt format
         for pred in predict_tasks(loaded, args.texts, [args.task] if args.task else None):

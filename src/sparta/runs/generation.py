@@ -134,17 +134,18 @@ def generate_texts(
                 f"prompt {i + 1} has {len(seq)} tokens; with {max_new_tokens} new tokens that passes the model's "
                 f"context of {context}: shorten it or lower --max-new-tokens"
             )
-    return generate(
-        loaded.model,
-        loaded.tokenizer,
-        ids,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        seed=seed,
-        batch_size=batch_size,
-        streamer=streamer,
-    )
+    with loaded.autocast():
+        return generate(
+            loaded.model,
+            loaded.tokenizer,
+            ids,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            batch_size=batch_size,
+            streamer=streamer,
+        )
 
 
 def trim_history(

@@ -44,7 +44,8 @@ def encode(loaded: Loaded, name: str, examples: list[dict], truncate: bool = Tru
 def scores(loaded: Loaded, data, tasks: list[str], batch_size: int = 32) -> dict[str, torch.Tensor]:
     """{task: (N, C) float32 logits} for encoded inputs that `tasks` share, one backbone pass per batch."""
     side = loaded.head(tasks[0]).padding_side
-    return forward_batches(loaded.forward(tasks), data, batch_size, loaded.pad_id, side, loaded.device)
+    with loaded.autocast():
+        return forward_batches(loaded.forward(tasks), data, batch_size, loaded.pad_id, side, loaded.device)
 
 
 def evaluate(
@@ -92,10 +93,11 @@ def _evaluate_lm(loaded: Loaded, head, examples: list[dict], batch_size: int, ge
                             True, loss_on=loaded.info.get("loss_on", "assistant"))  # fmt: skip
     if generate is None:
         generate = bool(getattr(head.spec, "generation_metric", False))
-    return objective.evaluate(
-        loaded.model, data, head.spec, batch_size, loaded.pad_id, head.padding_side, loaded.device,
-        generate=generate, tokenizer=loaded.tokenizer, max_new_tokens=max_new_tokens,
-    )  # fmt: skip
+    with loaded.autocast():
+        return objective.evaluate(
+            loaded.model, data, head.spec, batch_size, loaded.pad_id, head.padding_side, loaded.device,
+            generate=generate, tokenizer=loaded.tokenizer, max_new_tokens=max_new_tokens,
+        )  # fmt: skip
 
 
 def examples_from_texts(task, texts: list[str]) -> list[dict]:

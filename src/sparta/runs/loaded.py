@@ -34,6 +34,8 @@ from sparta.models import (
     resolve_model,
 )
 from sparta.objectives import get_objective
+from sparta.precision import Precision, autocast
+from sparta.precision import resolve as resolve_precision
 from sparta.runs.causal import (
     LANGUAGE_MODELLING,
     base_model_of,
@@ -72,6 +74,7 @@ class Loaded:
     info: dict[str, Any]  # run.json (runs, exports) or merged.json (merged models)
     device: torch.device
     objective: Any
+    precision: Precision | None = None  # what its forwards compute in (`open_model` sets it; None: fp32)
 
     @property
     def pad_id(self) -> int:
@@ -131,6 +134,10 @@ class Loaded:
         (name,) = tasks
         return lambda batch: {name: self.model(**batch).logits}
 
+    def autocast(self):  # noqa: ANN201
+        """The context every forward of this model runs in: autocast for a mixed precision (`sparta.precision`)."""
+        return autocast(self.precision, self.device)
+
 
 def open_model(
     path: str | Path,
@@ -138,11 +145,22 @@ def open_model(
     device: str | None = None,
     dtype: str | None = None,
     objective: str | None = None,
+    precision: str | None = None,
 ) -> Loaded:
     """Open a run dir, a merged dir, a model dir or a model name for inference (see the module docstring).
 
     `objective` asks for one kind of model: "language-modelling" (generation) opens a base model name or directory
-    as a causal LM without a task, and refuses a classification run, merge or classifier with a clear error."""
+    as a causal LM without a task, and refuses a classification run, merge or classifier with a clear error.
+    `precision` (fp32, bf16-mixed, fp16-mixed): what its forwards compute in; by default the precision the run
+    was trained in (run.json), else the device's default (`sparta.precision.resolve`)."""
+    loaded = _open(path, task, device, dtype, objective)
+    loaded.precision = resolve_precision(precision or loaded.info.get("precision"), loaded.device)
+    return loaded
+
+
+def _open(
+    path: str | Path, task: str | None, device: str | None, dtype: str | None, objective: str | None
+) -> Loaded:
     kind = kind_of(path)
     if kind == "merged":
         return _open_merged(Path(path), device, dtype, objective)

@@ -25,6 +25,7 @@ from sparta.methods.base import targets_of
 from sparta.objectives import OBJECTIVE_NAMES
 from sparta.objectives.language_modelling import LM_HEAD, LOSS_ON
 from sparta.objectives.preference import DPO_LOSSES
+from sparta.precision import normalise as normalise_precision
 from sparta.train import options as O
 from sparta.train.options import option
 
@@ -227,7 +228,16 @@ class TrainConfig:
         None,
         group="runtime",
         choices=DTYPE_NAMES,
-        help="model dtype (float32 on CPU, bfloat16 on GPU if unset)",
+        help="the weights' dtype (float32 if unset; mixed precision keeps fp32 weights and computes in bf16)",
+    )
+    precision: str | None = option(
+        None,
+        group="runtime",
+        aliases=("--mixed-precision",),
+        metavar="{fp32,bf16-mixed,fp16-mixed}",
+        help="compute precision: fp32, or fp32 weights, optimizer state and loss with bf16/fp16 autocast "
+        "compute (accelerate's no/bf16/fp16 accepted); default: accelerate's launch setting, else bf16-mixed "
+        "on a GPU with bf16 and on a CPU with AVX512-BF16/AMX, fp32 elsewhere",
     )
     device: str | None = option(
         None, group="runtime", help="cpu, cuda, cuda:1, ... (cuda when available if unset)"
@@ -280,6 +290,7 @@ class TrainConfig:
             if choices and value is not None and value not in choices:
                 raise SpartaError(f"unknown {f.name} {value!r}; choose one of {', '.join(choices)}")
         check_density(self.density)
+        self.precision = normalise_precision(self.precision)
         checks = [
             (self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1"),
             (
@@ -328,7 +339,11 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
         """A validated config from a mapping of settings (dashes in keys read as underscores)."""
-        values = {str(k).replace("-", "_"): v for k, v in values.items()}
+        aliases = O.alias_keys(cls)
+        keys = {k: str(k).replace("-", "_") for k in values}
+        values = {aliases.get(keys[k], keys[k]): v for k, v in values.items()}
+        if values.get("precision") is False:  # YAML reads accelerate's `mixed_precision: no` as false
+            values["precision"] = "no"
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -47,7 +47,11 @@ class Runtime:
         cpu = device == "cpu" or not torch.cuda.is_available()
         # Buffers never change during training (no batch norm in these LMs): skip the per-forward broadcast.
         ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
-        acc = Accelerator(cpu=cpu, kwargs_handlers=[ddp], step_scheduler_with_optimizer=False)
+        # sparta runs autocast and the loss scaler itself (`sparta.precision`, which reads accelerate's
+        # --mixed_precision setting): accelerate must not wrap the forward a second time
+        acc = Accelerator(
+            cpu=cpu, mixed_precision="no", kwargs_handlers=[ddp], step_scheduler_with_optimizer=False
+        )
         if str(acc.distributed_type).upper().endswith("FSDP") and not getattr(acc, "is_fsdp2", False):
             raise SpartaError(
                 "sparta train supports FSDP2 only: set fsdp_version: 2 in the accelerate config"

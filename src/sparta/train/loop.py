@@ -36,6 +36,7 @@ from sparta.methods import (
     trainable_state,
 )
 from sparta.objectives.batching import BatchStream
+from sparta.precision import autocast, grad_scaler
 from sparta.runs.layout import (
     RESULTS_FILE,
 )
@@ -46,7 +47,7 @@ from sparta.train.logs import RunLogger
 from sparta.train.outputs import results_document, run_info, write_outputs
 from sparta.train.rates import resolve_lr
 from sparta.train.schedule import Schedule
-from sparta.train.setup import Setup, apply_method, choose_task, open_run, set_up
+from sparta.train.setup import Setup, apply_method, choose_precision, choose_task, open_run, set_up
 from sparta.train.stopping import EarlyStopping
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class Optimisation:
     stopper: EarlyStopping
     stream: BatchStream
     progress: Progress
+    scaler: torch.amp.GradScaler | None = None  # fp16-mixed's loss scaler (`sparta.precision.grad_scaler`)
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, plan: Schedule):
@@ -89,13 +91,16 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, plan: Schedule):
     return optimizer, scheduler
 
 
-def build_optimisation(cfg: TrainConfig, net: nn.Module, train_data, rt: Runtime, ckpt) -> Optimisation:
-    """AdamW, schedule, early stopping and batch order; all continued from `ckpt` when resuming."""
+def build_optimisation(cfg: TrainConfig, net: nn.Module, s: Setup, rt: Runtime, ckpt) -> Optimisation:
+    """AdamW, schedule, early stopping, batch order and loss scaler; all continued from `ckpt` when resuming."""
+    train_data = s.enc["train"]
     plan = Schedule.plan(cfg, len(train_data), rt.world)
     optimizer, scheduler = build_optimizer(net, cfg, plan)
     stopper = EarlyStopping(cfg.early_stopping_patience)
+    scaler = grad_scaler(s.precision, s.device)
     if ckpt is None:
-        return Optimisation(plan, optimizer, scheduler, stopper, BatchStream(train_data.lengths, plan.global_batch, cfg.seed), Progress())  # fmt: skip
+        stream = BatchStream(train_data.lengths, plan.global_batch, cfg.seed)
+        return Optimisation(plan, optimizer, scheduler, stopper, stream, Progress(), scaler)
     C.check_trainable(trainable_state(net), ckpt.trainable, ckpt.path)
     load_trainable_state(net, ckpt.trainable)
     optimizer.load_state_dict(ckpt.optimizer)
@@ -104,7 +109,11 @@ def build_optimisation(cfg: TrainConfig, net: nn.Module, train_data, rt: Runtime
         setattr(stopper, key, value)
     stopper.best_state = ckpt.best
     stream = BatchStream(train_data.lengths, plan.global_batch, cfg.seed, **ckpt.state["stream"])
-    return Optimisation(plan, optimizer, scheduler, stopper, stream, Progress(**ckpt.state["progress"]))
+    if scaler is not None:
+        scaler.load_state_dict(ckpt.state["scaler"])
+    return Optimisation(
+        plan, optimizer, scheduler, stopper, stream, Progress(**ckpt.state["progress"]), scaler
+    )
 
 
 def rank_slice(global_idx: list[int], rt: Runtime, batch_size: int) -> tuple[list[int], float]:
@@ -115,10 +124,10 @@ def rank_slice(global_idx: list[int], rt: Runtime, batch_size: int) -> tuple[lis
     return (idx, 1.0) if idx else (global_idx[:1], 0.0)
 
 
-def step_loss_and_backward(
-    model, chunk, train_data, objective, cfg: TrainConfig, rt: Runtime, pad_id, device
-) -> float:
-    """Forward and backward over one optimizer step's micro-batches; the mean loss over the global batch."""
+def step_loss_and_backward(model, chunk, s: Setup, cfg: TrainConfig, rt: Runtime, scaler=None) -> float:  # noqa: ANN001
+    """Forward (in the run's precision) and backward over one optimizer step's micro-batches; the mean loss over
+    the global batch. `scaler`: fp16-mixed's loss scaler, which scales what backward sees (not the loss)."""
+    train_data, objective = s.enc["train"], s.objective
     n_step = sum(
         objective.units(train_data, idx) for idx in chunk
     )  # what the loss averages over, all processes
@@ -126,9 +135,13 @@ def step_loss_and_backward(
     for k, global_idx in enumerate(chunk):
         idx, weight = rank_slice(global_idx, rt, cfg.batch_size)
         with rt.no_sync(model, skip=k < len(chunk) - 1):
-            part = objective.batch_loss(model, train_data, idx, pad_id, cfg.padding_side, device) / n_step
+            with autocast(s.precision, s.device):  # the forward only: backward follows the forward's dtypes
+                loss = objective.batch_loss(model, train_data, idx, s.tokenizer.pad_token_id, cfg.padding_side,
+                                            s.device)  # fmt: skip
+            part = loss.float() / n_step
             # DDP averages gradients over ranks; the world factor turns that into the global-batch mean
-            (part * (weight * rt.world)).backward()
+            scaled = part * (weight * rt.world)
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
         step_loss += part.item() * weight
     return rt.sum(step_loss)
 
@@ -162,6 +175,7 @@ def save_checkpoint(
         "stopper": opt.stopper.state(),
         "progress": dataclasses.asdict(opt.progress),
         "zero_shot": zero_shot,
+        "scaler": opt.scaler.state_dict() if opt.scaler is not None else None,
     }
     rng = rt.gather(C.rng_state())
     if rt.is_main:
@@ -192,11 +206,18 @@ def run_steps(cfg, s: Setup, prepared, optimizer, net, opt: Optimisation, run_ev
         for step in range(prog.step + 1, plan.total_steps + 1):
             t0 = time.perf_counter()
             chunk = [next(opt.stream) for _ in range(cfg.grad_accum)]
-            step_loss = step_loss_and_backward(prepared, chunk, train_data, s.objective, cfg, rt,
-                                               s.tokenizer.pad_token_id, s.device)  # fmt: skip
+            step_loss = step_loss_and_backward(prepared, chunk, s, cfg, rt, opt.scaler)
             check_finite(step_loss, step, cfg, output)
+            if (
+                opt.scaler is not None
+            ):  # fp16-mixed: true gradients for clipping; a step with inf/NaN is skipped
+                opt.scaler.unscale_(optimizer)
             clip_gradients(prepared, params, cfg.max_grad_norm, rt)
-            optimizer.step()
+            if opt.scaler is not None:
+                opt.scaler.step(optimizer)
+                opt.scaler.update()
+            else:
+                optimizer.step()
             opt.scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             prog.step, prog.train_seconds = step, prog.train_seconds + time.perf_counter() - t0
@@ -296,15 +317,19 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
         cfg, lr_note = resolve_lr(cfg, chosen[2].name)
         if lr_note:
             logger.info(lr_note)
+        # the precision resolved for this device (asked for, accelerate's launch setting, or the default)
+        cfg, precision = choose_precision(cfg, rt)
+        logger.info(precision.describe())
         output, ckpt = open_run(cfg, rt)
-        s = set_up(cfg, rt, chosen)
+        s = set_up(cfg, rt, chosen, precision)
 
         def run_eval(split: str, model: nn.Module | None = None, final: bool = False) -> dict:  # noqa: E306
             """`final`: the zero-shot or final metrics, which may hold more than the loss (the objective's)."""
             eval_bs = cfg.eval_batch_size or 2 * cfg.batch_size
             options = s.objective.eval_options(cfg, s.task, s.tokenizer, final)
-            return s.objective.evaluate(model or net, s.enc[split], s.task, eval_bs, s.tokenizer.pad_token_id,
-                                        cfg.padding_side, s.device, rt, **options)  # fmt: skip
+            with autocast(s.precision, s.device):
+                return s.objective.evaluate(model or net, s.enc[split], s.task, eval_bs, s.tokenizer.pad_token_id,
+                                            cfg.padding_side, s.device, rt, **options)  # fmt: skip
 
         zero_shot = ckpt.state["zero_shot"] if ckpt is not None else None
         if ckpt is None and cfg.zero_shot:
@@ -316,9 +341,10 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
             cfg, s, rt
         )  # the unwrapped model: evaluation, state and saving use it, never DDP's
         # (preference: the reference, on the unwrapped model, before any step)
-        s.objective.prepare(net, s.method, cfg, s.enc, output=output, device=s.device,
-                            pad_id=s.tokenizer.pad_token_id, rt=rt)  # fmt: skip
-        opt = build_optimisation(cfg, net, s.enc["train"], rt, ckpt)
+        with autocast(s.precision, s.device):
+            s.objective.prepare(net, s.method, cfg, s.enc, output=output, device=s.device,
+                                pad_id=s.tokenizer.pad_token_id, rt=rt)  # fmt: skip
+        opt = build_optimisation(cfg, net, s, rt, ckpt)
         prepared, optimizer = rt.prepare(net, opt.optimizer)
         if s.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(s.device)

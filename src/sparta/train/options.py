@@ -47,10 +47,12 @@ def option(
     optional_value: bool = False,
     metavar: str | None = None,
     cli: bool = True,
+    aliases: tuple[str, ...] = (),
 ) -> Any:
-    """A dataclass field with the metadata `add_arguments`, `coerce` and `to_argv` read (`cli=False`: no flag)."""
+    """A dataclass field with the metadata `add_arguments`, `coerce` and `to_argv` read (`cli=False`: no flag;
+    `aliases`: other flags, such as ``--mixed-precision``, whose YAML keys are accepted too)."""
     meta: dict[str, Any] = {"help": help, "group": group, "cli": cli, "optional_value": optional_value}
-    for key, value in (("choices", choices), ("flag", flag), ("metavar", metavar)):
+    for key, value in (("choices", choices), ("flag", flag), ("metavar", metavar), ("aliases", aliases)):
         if value is not None:
             meta[key] = value
     if const is not MISSING:
@@ -181,6 +183,15 @@ def flag_of(f: Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
+def alias_keys(cls: type) -> dict[str, str]:
+    """{YAML key of an alias flag: field name}, e.g. ``mixed_precision`` -> ``precision``."""
+    return {
+        a.lstrip("-").replace("-", "_"): f.name
+        for f in dataclasses.fields(cls)
+        for a in f.metadata.get("aliases", ())
+    }
+
+
 def default_of(f: Field) -> Any:
     return f.default_factory() if f.default_factory is not MISSING else f.default
 
@@ -203,7 +214,7 @@ def add_arguments(groups: dict[str, argparse._ArgumentGroup], cls: type) -> None
             kw["choices"] = (*meta["choices"], "none") if kind.optional else tuple(meta["choices"])
         else:
             kw["metavar"] = meta.get("metavar") or kind.metavar()
-        groups[meta["group"]].add_argument(flag_of(f), **kw)
+        groups[meta["group"]].add_argument(flag_of(f), *meta.get("aliases", ()), **kw)
 
 
 def _help(f: Field) -> str:

@@ -39,6 +39,7 @@ def run_info(cfg: TrainConfig, s: Setup) -> dict[str, Any]:
         "max_length": s.max_length,
         "seed": cfg.seed,
         "dtype": str(s.dtype).removeprefix("torch."),
+        "precision": s.precision.name,
         "adapter": MODEL_DIR if s.method.saves_model else ADAPTER_DIR,
         "init_from": str(Path(cfg.init_from).resolve()) if cfg.init_from else None,
         **s.objective.run_settings(cfg, s.heads),  # e.g. language modelling: loss_on, lm_head, lm_head_untied
@@ -103,6 +104,7 @@ def results_document(cfg, s: Setup, net, opt: Any, metrics, zero_shot, restored,
         },  # fmt: skip
         "device": str(s.device),
         "dtype": str(s.dtype).removeprefix("torch."),
+        "precision": {"name": s.precision.name, "reason": s.precision.reason},
         "history": prog.history,
         "versions": {
             "sparta": sparta.__version__,

@@ -5,6 +5,7 @@ calls these in order."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from sparta.models import (
     resolve_model,
 )
 from sparta.objectives import Heads, Objective, objective_for
+from sparta.precision import Precision
+from sparta.precision import resolve as resolve_precision
 from sparta.runs.causal import base_model_of, merged_run_model
 from sparta.runs.layout import RUN_FILE, prepare_output
 from sparta.tasks import build_task, format_input, load_splits
@@ -39,6 +42,8 @@ logger = logging.getLogger(__name__)
 SPLITS = ("train", "dev", "test")
 # Settings a resumed run may change; every other one must equal the checkpoint's.
 RESUMABLE_CHANGES = ("output", "resume", "overwrite", "progress", "save_every", "keep_checkpoints", "device")
+# What a checkpoint written before a setting existed ran with (runs before mixed precision were fp32).
+IMPLIED_BY_OLDER_CHECKPOINTS = {"precision": "fp32"}
 
 
 # -- setup -------------------------------------------------------------------------------------------------------
@@ -77,6 +82,14 @@ def choose_task(cfg: TrainConfig) -> tuple[dict[str, Any], Any, Objective]:
     objective = objective_for(task, cfg.objective)
     objective.check(cfg)
     return targs, task, objective
+
+
+def choose_precision(cfg: TrainConfig, rt: Runtime) -> tuple[TrainConfig, Precision]:
+    """The run's precision resolved for its device (`sparta.precision.resolve`), written into the config, so
+    that results.json and a checkpoint record the precision the run computed in and a resume must keep it."""
+    device, _ = pick_device(cfg.device, cfg.dtype)
+    chosen = resolve_precision(cfg.precision, rt.device(device))
+    return dataclasses.replace(cfg, precision=chosen.name), chosen
 
 
 def load_model_and_tokenizer(model: str, objective, num_labels: int, dtype: torch.dtype, padding_side: str,
@@ -160,6 +173,7 @@ class Setup:
 
     device: torch.device
     dtype: torch.dtype
+    precision: Precision
     targs: dict[str, Any]
     task: Any
     objective: Any
@@ -174,12 +188,15 @@ class Setup:
     heads: Heads  # what trains besides the method's targets (`Objective.heads`)
 
 
-def set_up(cfg: TrainConfig, rt: Runtime, chosen: tuple | None = None) -> Setup:
+def set_up(
+    cfg: TrainConfig, rt: Runtime, chosen: tuple | None = None, precision: Precision | None = None
+) -> Setup:
     """Seeds, device, task and objective (`chosen`: what `choose_task` returned), model and tokenizer, encoded
-    data, the head's initial state, the heads to train."""
+    data, the head's initial state, the heads to train; `precision`: what `choose_precision` returned."""
     seed_everything(cfg.seed)
     device, dtype = pick_device(cfg.device, cfg.dtype)
     device = rt.device(device)
+    precision = precision or resolve_precision(cfg.precision, device)
     targs, task, objective = chosen or choose_task(cfg)
     method = get_method(cfg.method)
     resolved, model, tokenizer = load_model_and_tokenizer(cfg.model, objective, task.num_labels, dtype,
@@ -200,7 +217,7 @@ def set_up(cfg: TrainConfig, rt: Runtime, chosen: tuple | None = None) -> Setup:
     if cfg.dropout is not None:
         set_dropout(model, cfg.dropout)
     model.to(device)
-    return Setup(device, dtype, targs, task, objective, method, resolved, model, tokenizer, instruct, enc,
+    return Setup(device, dtype, precision, targs, task, objective, method, resolved, model, tokenizer, instruct, enc,
                  max_length, head_info, heads)  # fmt: skip
 
 
@@ -254,6 +271,7 @@ def resolve_output(cfg: TrainConfig) -> str:
 
 def check_resumable(cfg: TrainConfig, saved: dict, where: Path) -> None:
     now, defaults = cfg.to_dict(), TrainConfig().to_dict()  # a setting newer than the checkpoint: its default
+    defaults.update(IMPLIED_BY_OLDER_CHECKPOINTS)
     changed = [k for k in now if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != now[k]]
     if changed:
         shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
