@@ -17,7 +17,7 @@ cell() {  # name, then sparta train flags
   if [ -f "$dir/results.json" ]; then return; fi
   local resume=()
   if compgen -G "$dir/checkpoint-*" >/dev/null; then resume=(--resume); fi
-  $py -m sparta.cli train "$@" --precision bf16-mixed --save-every 25 --no-progress --output "$dir" \
+  $py -c 'import sys; from sparta.cli import main; sys.exit(main())' train "$@" --precision bf16-mixed --save-every 25 --no-progress --output "$dir" \
     "${resume[@]}" >"$dir.log" 2>&1
 }
 
