@@ -21,6 +21,7 @@ LAYERS = [
     ("merging",),
     ("experiments",),
     ("cli", "demo"),
+    ("__main__",),
 ]
 RANK = {package: rank for rank, packages in enumerate(LAYERS) for package in packages}
 

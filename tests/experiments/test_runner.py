@@ -70,6 +70,49 @@ def test_interrupted_grid_resumes_with_the_cells_left(recipe_file, tmp_path):
     assert not (out / "toy/head/seed0" / "log.csv").read_text().startswith("partial")
 
 
+def test_a_half_finished_cell_continues_from_its_checkpoint(recipe_file, tmp_path, toy):
+    """A recipe with save_every: the cell stopped after step 5 continues at step 4 (its checkpoint), not step 1,
+    and ends with the results of an uninterrupted run; a changed recipe starts the cell again."""
+    from tinyrecipe import write_recipe
+
+    recipe = load_recipe(write_recipe(tmp_path / "steps.yaml", toy, steps=6))
+    recipe.scales["cpu"]["settings"]["save_every"] = 2
+    out, whole = tmp_path / "out", tmp_path / "whole"
+    run_experiment(recipe, "cpu", whole, only=["sparta"], seeds=[0], isolation="process")
+
+    class Stop(Exception):
+        pass
+
+    def stopped(cfg):
+        def stop_after_5(step: int) -> None:
+            if step == 5:
+                raise Stop
+
+        return train(cfg, on_step=stop_after_5)
+
+    with pytest.raises(Stop):
+        run_experiment(recipe, "cpu", out, only=["sparta"], seeds=[0], isolation="process", train_fn=stopped)
+    cell = out / "toy/sparta/seed0"
+    assert not (cell / "results.json").exists() and (cell / "checkpoint-4").is_dir()
+    started: list[int] = []
+
+    def continuing(cfg):
+        results = train(cfg)
+        started.append(results["resumed_from_step"])
+        return results
+
+    run_experiment(recipe, "cpu", out, only=["sparta"], seeds=[0], isolation="process", train_fn=continuing)
+    assert started == [4]
+    done, reference = (json.loads((d / "toy/sparta/seed0/results.json").read_text()) for d in (out, whole))
+    assert done["metrics"] == reference["metrics"] and done["history"] == reference["history"]
+    assert (cell / "train.log").read_text().count("sparta train --config") == 2  # both attempts kept
+
+    (cell / "results.json").unlink()
+    recipe.scales["cpu"]["settings"]["lr"] = 0.01  # another recipe: the checkpoint is not this cell's
+    run_experiment(recipe, "cpu", out, only=["sparta"], seeds=[0], isolation="process", train_fn=continuing)
+    assert started == [4, None]
+
+
 def test_a_cell_runs_from_its_yaml_file_in_a_subprocess(recipe_file, tmp_path):
     recipe = load_recipe(recipe_file)
     out = tmp_path / "out"

@@ -5,8 +5,9 @@ the run reads them from there: in a subprocess by default (`python -m sparta.tra
 point: the same run as `sparta train --config cell.yaml`), so its peak memory (the process's max RSS on CPU) and
 its wall time are its own, and a crash or an out-of-memory kill loses one cell, not the grid;
 `isolation="process"` runs it in this process (tests). A cell whose results.json exists is finished and
-skipped, so an interrupted grid resumes where it stopped (a half-written cell, without results.json, is
-cleared and run again).
+skipped, so an interrupted grid resumes where it stopped; a half-written cell (no results.json) continues from
+its newest checkpoint when the recipe sets `save_every` and its settings are unchanged, else it is cleared and run
+again.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from sparta.experiments.recipes import (
 )
 from sparta.fileio import atomic_file, read_json
 from sparta.runs.layout import RESULTS_FILE
+from sparta.train.checkpoint import latest_checkpoint
 from sparta.train.config import TrainConfig, load_yaml
 
 logger = logging.getLogger(__name__)
@@ -92,26 +94,45 @@ class RunSummary:
     missing_tasks: dict[str, str] = field(default_factory=dict)
 
 
+def resumable(path: Path, cfg: TrainConfig) -> bool:
+    """Whether a half-finished cell in `path` can continue from its newest checkpoint: it has one, and its
+    cell.yaml holds the same settings as `cfg` (a changed recipe starts the cell again)."""
+    if latest_checkpoint(path) is None or not (path / CELL_CONFIG).is_file():
+        return False
+    try:
+        before = TrainConfig.from_dict(load_yaml(path / CELL_CONFIG), source=str(path / CELL_CONFIG))
+    except SpartaError:
+        return False
+    return dataclasses.replace(before, resume=None) == dataclasses.replace(cfg, resume=None)
+
+
 def run_cell(
     cell: Cell, output: Path, isolation: str = "subprocess", train_fn: Callable | None = None
 ) -> None:
-    """Train one cell into its directory (cleared first when a previous attempt left it half written)."""
+    """Train one cell into its directory. A previous attempt that left a checkpoint (`save_every` in the
+    recipe) with the same settings continues from it; any other half-written directory is cleared first."""
     path = cell.directory(output)
-    if path.exists():
+    cfg = cell.config(output)
+    resume = resumable(path, cfg)
+    if path.exists() and not resume:
         shutil.rmtree(path)
-    path.mkdir(parents=True)
-    config = write_cell_config(cell.config(output), path / CELL_CONFIG)
+    path.mkdir(parents=True, exist_ok=True)
+    if resume:
+        cfg = dataclasses.replace(cfg, resume=True)
+        logger.info(f"  resuming from {latest_checkpoint(path)}")
+    config = write_cell_config(cfg, path / CELL_CONFIG)
+    mode = "a" if resume else "w"  # a resumed cell's train.log keeps the lines of its first attempt
     if isolation == "process":
         if train_fn is None:
             from sparta.train import train as train_fn
         cfg = TrainConfig.from_dict(load_yaml(config), source=str(config))
-        with open(path / CELL_LOG, "w") as log:
+        with open(path / CELL_LOG, mode) as log:
             print(f"sparta train --config {shlex.quote(str(config))}", file=log, flush=True)
         with cell_log(path / CELL_LOG):
             train_fn(cfg)
         return
     cmd = [sys.executable, "-m", "sparta.train", str(config)]
-    with open(path / CELL_LOG, "w") as log:
+    with open(path / CELL_LOG, mode) as log:
         log.write(f"sparta train --config {shlex.quote(str(config))}\n")
         log.flush()
         rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
