@@ -62,6 +62,25 @@ def test_every_method_trains_with_dpo(dpo_config, method):
     assert result["data"]["source"]["kind"] == "files"
 
 
+@pytest.mark.parametrize("method", ["sparta", "lora", "full"])
+def test_sparta_eval_of_a_dpo_run_gives_its_final_test_metrics(dpo_config, tmp_path, method, capsys):
+    """The run layer encodes the pairs as the run did and measures the policy against the run's reference (the
+    disabled adapter; full fine-tuning: the base model it started from), through `sparta eval`."""
+    from sparta.cli import main
+    from sparta.runs import evaluate, open_model
+
+    result = train(dpo_config(method=method, eval_generate=False))
+    test = result["metrics"]["test"]
+    assert "generation_length" not in test  # --eval-generate false: no generation in the final metrics
+    again = evaluate(open_model(tmp_path / "run"), split="test")
+    assert again.keys() == test.keys() and again == pytest.approx(test, rel=1e-5, abs=1e-6)
+    assert main(["eval", str(tmp_path / "run"), "--output", str(tmp_path / "eval")]) == 0
+    saved = read_json(tmp_path / "eval" / "results.json")["metrics"]["test"]
+    assert (
+        saved == pytest.approx(test, rel=1e-5, abs=1e-6) and "preference_accuracy" in capsys.readouterr().out
+    )
+
+
 def test_bad_pairs_are_counted_in_results(dpo_config, pref_files):
     result = train(dpo_config(train_file=str(pref_files["bad"]), max_steps=1, max_length=12))
     train_report = result["data"]["pairs"]["train"]

@@ -48,8 +48,9 @@ class Method:
         """Extra lines for the run log (e.g. which kernel computes the gradients)."""
         return []
 
-    def keep_reference(self, model: nn.Module) -> None:
-        """Keep what `reference` needs of the model as it is now, before training (full: a frozen copy)."""
+    def keep_reference(self, model: nn.Module, reference: nn.Module | None = None) -> None:
+        """Keep what `reference` needs of the model as it is now, before training (full: a frozen copy); a
+        trained model whose reference is another model (a saved full fine-tuning run) is given it."""
 
     @contextlib.contextmanager
     def reference(self, model: nn.Module) -> Iterator[nn.Module]:

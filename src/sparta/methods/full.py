@@ -33,9 +33,12 @@ class Full(Method):
     def load(self, base: nn.Module, directory: Path) -> nn.Module:
         return base  # the run's model/ directory is the model; the run layer loads it as any model directory
 
-    def keep_reference(self, model: nn.Module) -> None:
-        """A frozen copy of the whole model, held outside its modules (not a parameter, not in its state)."""
-        if "_sparta_reference" not in model.__dict__:
+    def keep_reference(self, model: nn.Module, reference: nn.Module | None = None) -> None:
+        """A frozen copy of the whole model (or `reference`, the model it was trained from), held outside its
+        modules (not a parameter, not in its state)."""
+        if reference is not None:
+            model.__dict__["_sparta_reference"] = reference.requires_grad_(False).eval()
+        elif "_sparta_reference" not in model.__dict__:
             frozen = copy.deepcopy(model).requires_grad_(False).eval()
             model.__dict__["_sparta_reference"] = frozen
 

@@ -35,6 +35,7 @@ class Objective:
     peft_task_type = ""
     head_modules: tuple[str, ...] = ()  # trained fully by every method that has a head
     work_unit = "ex"  # what `work` counts, for the progress bar's rate ("ex_s")
+    uses_reference = False  # whether evaluating needs the method's reference model (`prepare_evaluation`)
 
     def check(self, cfg: Any) -> None:
         """Raise a SpartaError for run settings that cannot apply to this objective."""
@@ -55,6 +56,14 @@ class Objective:
     def run_settings(self, cfg: Any, heads: Heads) -> dict[str, Any]:
         """Settings of this objective that run.json records (to rebuild the model)."""
         return {}
+
+    def saved_encode_options(self, info: dict[str, Any]) -> dict[str, Any]:
+        """Keyword arguments of `encode` for a saved run, from its run.json (what `run_settings` recorded)."""
+        return {}
+
+    def prepare_evaluation(self, model: nn.Module, method: Any, data: Any) -> None:
+        """Attach what evaluating a saved run's model on `data` needs (preference: its reference, the
+        `method`'s); `method` is None for a model that is no run (an export, a base model)."""
 
     def prepare(self, net: nn.Module, method: Any, cfg: Any, enc: dict[str, Any], **runtime: Any) -> None:
         """Called once by the loop after the method is applied, before the optimizer is built (`runtime`:

@@ -257,6 +257,9 @@ class LanguageModelling(Objective):
     def encode_options(self, cfg: Any) -> dict[str, Any]:
         return {"loss_on": cfg.loss_on}
 
+    def saved_encode_options(self, info: dict[str, Any]) -> dict[str, Any]:
+        return {"loss_on": info.get("loss_on", "assistant")}
+
     def eval_options(self, cfg: Any, task: Any, tokenizer: Any, final: bool) -> dict[str, Any]:
         """Generations are scored in the zero-shot and final metrics only (dev during training: the loss)."""
         wanted = (

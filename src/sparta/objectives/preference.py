@@ -334,6 +334,7 @@ class Preference(Objective):
     peft_task_type = "CAUSAL_LM"
     head_modules = ()
     work_unit = "pair"
+    uses_reference = True
 
     encode = staticmethod(encode_pairs)
     batch_loss = staticmethod(batch_loss)
@@ -373,10 +374,27 @@ class Preference(Objective):
         return {"pair_max_length": cfg.max_length, "beta": cfg.beta, "dpo_loss": cfg.dpo_loss,
                 "label_smoothing": cfg.label_smoothing}  # fmt: skip
 
+    def saved_encode_options(self, info: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "pair_max_length": info.get("max_length"),
+            "beta": info.get("beta", 0.1),
+            "dpo_loss": info.get("dpo_loss", "sigmoid"),
+            "label_smoothing": info.get("label_smoothing", 0.0),
+        }
+
+    def prepare_evaluation(self, model: nn.Module, method: Any, data: PairEncoded) -> None:
+        """A saved run's reference is its method's (the disabled adapter, or full fine-tuning's starting model,
+        given by the run layer); a model that is no run is its own reference (no reward metrics)."""
+        if method is not None:
+            data.reference = (model, method)
+
     def eval_options(self, cfg: Any, task: Any, tokenizer: Any, final: bool) -> dict[str, Any]:
-        return (
-            {"generate": True, "tokenizer": tokenizer, "max_new_tokens": cfg.max_new_tokens} if final else {}
-        )
+        """The final metrics add the mean generation length of the first `GENERATION_PROMPTS` prompts of each
+        split, unless `--eval-generate false`."""
+        wanted = cfg.eval_generate if cfg.eval_generate is not None else True
+        if not (final and wanted):
+            return {}
+        return {"generate": True, "tokenizer": tokenizer, "max_new_tokens": cfg.max_new_tokens}
 
     def run_settings(self, cfg: Any, heads) -> dict[str, Any]:  # noqa: ANN001
         return {"lm_head": cfg.lm_head, "lm_head_untied": heads.untied, "beta": cfg.beta, "dpo_loss": cfg.dpo_loss,

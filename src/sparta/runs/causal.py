@@ -82,6 +82,21 @@ def open_causal_run(run_dir: Path, info: dict[str, Any], dtype: torch.dtype) -> 
     return method.load(model, run_dir / ADAPTER_DIR), tokenizer
 
 
+def run_reference(model: nn.Module, info: dict[str, Any], dtype: torch.dtype, device: torch.device):  # noqa: ANN201
+    """The method of a causal-LM run, ready to give `model` (the run, opened) its preference reference: the
+    disabled adapter, or for full fine-tuning the model it started from, loaded here (the base model, or the
+    `--init-from` run's merged model)."""
+    method = get_method(info.get("method", ""))
+    if method.saves_model:
+        if info.get("init_from"):
+            start = merged_run_model(Path(info["init_from"]), dtype)
+        else:
+            with quiet_transformers():
+                start = load_model(base_model_of(info), task="causal-lm", dtype=dtype)
+        method.keep_reference(model, reference=start.to(device))
+    return method
+
+
 def open_causal_dir(name: str, dtype: torch.dtype) -> tuple[nn.Module, Any, bool]:
     """(model, tokenizer, instruct) of an exported or merged causal LM, a model directory or a model name."""
     resolved = resolve_model(name)

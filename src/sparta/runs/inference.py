@@ -20,6 +20,7 @@ import torch
 
 from sparta.errors import SpartaError
 from sparta.objectives.batching import forward_batches
+from sparta.runs.causal import run_reference
 from sparta.runs.loaded import Loaded
 from sparta.tasks import load_splits
 
@@ -74,7 +75,7 @@ def evaluate(
     if not splits[split]:
         raise SpartaError(f"task {head.spec.name} has no {split} examples")
     if loaded.causal_lm:
-        return _evaluate_lm(loaded, head, splits[split], batch_size, generate, max_new_tokens)
+        return _evaluate_causal(loaded, head, splits[split], batch_size, generate, max_new_tokens)
     return evaluate_encoded(loaded, head.name, encode(loaded, head.name, splits[split]), batch_size)
 
 
@@ -85,12 +86,21 @@ def evaluate_encoded(loaded: Loaded, task: str, data, batch_size: int = 32) -> d
     return loaded.objective.metrics(loaded.head(task).spec, logits, data.labels)
 
 
-def _evaluate_lm(loaded: Loaded, head, examples: list[dict], batch_size: int, generate: bool | None,
-                 max_new_tokens: int) -> dict[str, float]:  # fmt: skip
-    """Language modelling: examples encoded whole (never cut), with the run's loss positions."""
+def _evaluate_causal(
+    loaded: Loaded, head, examples: list[dict], batch_size: int, generate: bool | None, max_new_tokens: int
+) -> dict[str, float]:
+    """A causal LM's objective (language modelling, preference pairs) on examples encoded as its run encoded
+    them (the objective's options from run.json); a preference run is measured against its own reference."""
     objective = loaded.objective
-    data = objective.encode(examples, head.spec, loaded.tokenizer, head.instruct, head.template, loaded.context,
-                            True, loss_on=loaded.info.get("loss_on", "assistant"))  # fmt: skip
+    options = objective.saved_encode_options(loaded.info)
+    data = objective.encode(
+        examples, head.spec, loaded.tokenizer, head.instruct, head.template, loaded.context, True, **options
+    )
+    method = None
+    if loaded.kind == "run" and objective.uses_reference:
+        dtype = next(loaded.model.parameters()).dtype
+        method = run_reference(loaded.model, loaded.info, dtype, loaded.device)
+    objective.prepare_evaluation(loaded.model, method, data)
     if generate is None:
         generate = bool(getattr(head.spec, "generation_metric", False))
     with loaded.autocast():
