@@ -171,3 +171,42 @@ def test_hh_harmless_is_carved_before_any_length_filter(shared_data):
     assert {k: len(v) for k, v in splits.items()} == {"train": 1812, "dev": 250, "test": 250}
     assert data_source(task, shared_data)["kind"] == "carved local file"
     assert "1,812" in task.description
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_for_dpo(dpo_config, tmp_path):
+    """DPO under DDP (accelerate launch, 2 CPU processes x 2 pairs) equals 1 process x 4 pairs: the reference (the
+    disabled adapter) runs on the unwrapped model of each rank, the pairs' losses average over the global batch."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from tinylm import assert_same_run
+
+    one = train(
+        dpo_config(
+            batch_size=4, eval_generate=False, zero_shot=False, log_every=1, output=str(tmp_path / "one")
+        )
+    )
+    cfg = dpo_config(batch_size=2, output=str(tmp_path / "two"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = ["train", "--task", "custom", "--objective", "preference", "--train-file", cfg.train_file,
+            "--dev-file", cfg.dev_file, "--test-file", cfg.test_file, "--model", cfg.model, "--output", cfg.output,
+            "--method", "sparta", "--density", "0.2", "--batch-size", "2", "--max-steps", "4", "--eval-every", "2",
+            "--lr", "0.01", "--device", "cpu", "--no-progress", "--no-zero-shot", "--eval-generate", "false",
+            "--log-every", "1"]  # fmt: skip
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+              str(port), str(Path(sys.executable).parent / "sparta"), *argv]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(launch, env=env, capture_output=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    two = read_json(Path(cfg.output) / "results.json")
+    assert two["processes"] == 2 and two["objective"] == "preference"
+    assert_same_run(one, two)
+    assert two["metrics"]["test"]["preference_accuracy"] == pytest.approx(
+        one["metrics"]["test"]["preference_accuracy"]
+    )
