@@ -50,21 +50,37 @@ CPU = torch.device("cpu")
 
 
 def lora_budget(model: nn.Module) -> int:
-    return sum(8 * (m.in_features + m.out_features) for n, m in model.named_modules()
-               if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in ("q_proj", "v_proj"))  # fmt: skip
+    return sum(
+        8 * (m.in_features + m.out_features)
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in ("q_proj", "v_proj")
+    )
 
 
 def vo_density(model: nn.Module) -> float:
-    numel = sum(m.weight.numel() for n, m in model.named_modules()
-                if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in ("v_proj", "o_proj"))  # fmt: skip
+    numel = sum(
+        m.weight.numel()
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in ("v_proj", "o_proj")
+    )
     return lora_budget(model) / numel
 
 
 def settings(method: str, model: nn.Module) -> SimpleNamespace:
     """What `Method.apply` reads of a run's config."""
     targets = {"sparta-vo": ["v_proj", "o_proj"], "lora": ["q_proj", "v_proj"]}.get(method)
-    return SimpleNamespace(density=vo_density(model), targets=targets, seed=0, index_seed=None, lm_head="frozen",
-                           lora_r=8, lora_alpha=16, lora_dropout=0.0, delta_dtype="float32", train_head=True)  # fmt: skip
+    return SimpleNamespace(
+        density=vo_density(model),
+        targets=targets,
+        seed=0,
+        index_seed=None,
+        lm_head="frozen",
+        lora_r=8,
+        lora_alpha=16,
+        lora_dropout=0.0,
+        delta_dtype="float32",
+        train_head=True,
+    )
 
 
 def build(shape: str, method: str, seed: int = 0):  # noqa: ANN201
@@ -147,8 +163,12 @@ def inference(rounds: int) -> dict:
     tokenizer = load_tokenizer(resolve_model(MODEL))
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(16, model.config.vocab_size, SHAPES["sft"], generator=g)
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": f"What is {7 * k} times {k + 3}?"}],
-                                             add_generation_prompt=True) for k in range(8)]  # fmt: skip
+    prompts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"What is {7 * k} times {k + 3}?"}], add_generation_prompt=True
+        )
+        for k in range(8)
+    ]
     prompts = [p if isinstance(p, list) else p["input_ids"] for p in prompts]
     new_tokens = 48
 
@@ -180,13 +200,20 @@ def inference(rounds: int) -> dict:
 
 
 def table(results: dict) -> str:
-    lines = [f"# fp32 vs bf16-mixed (SmolLM2-135M-Instruct, {results['threads']} threads, CPU bf16: "
-             f"{results['cpu_bf16']})", ""]  # fmt: skip
+    lines = [
+        f"# fp32 vs bf16-mixed (SmolLM2-135M-Instruct, {results['threads']} threads, CPU bf16: "
+        f"{results['cpu_bf16']})",
+        "",
+    ]
     for shape, times in results["steps"].items():
         batch, seq = SHAPES[shape]
-        lines += [f"## training step, {shape} {batch} x {seq}", "",
-                  "| method | fp32 s | bf16-mixed s | bf16 speed-up (paired) | bf16 / floor (bf16) | bf16 / LoRA (bf16) "
-                  "| step adds MB fp32 | bf16 |", "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+        lines += [
+            f"## training step, {shape} {batch} x {seq}",
+            "",
+            "| method | fp32 s | bf16-mixed s | bf16 speed-up (paired) | bf16 / floor (bf16) | bf16 / LoRA (bf16) "
+            "| step adds MB fp32 | bf16 |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for m in METHODS:
             f32, b16 = times[f"{m}|fp32"], times[f"{m}|bf16-mixed"]
             speed = ratio(times, f"{m}|fp32", f"{m}|bf16-mixed")
@@ -194,9 +221,11 @@ def table(results: dict) -> str:
             lora = ratio(times, f"{m}|bf16-mixed", "lora|bf16-mixed")
             mem = results["memory"].get(shape, {}).get(m, {})
             mem_cells = " | ".join(f"{mem[p]['step_added_mb']:.0f}" if p in mem else "—" for p in PRECISIONS)
-            lines.append(f"| {m} | {statistics.median(f32):.3f} | {statistics.median(b16):.3f} | "
-                         f"{speed['median']:.2f}x ({speed['min']:.2f}-{speed['max']:.2f}) | {floor['median']:.3f} | "
-                         f"{lora['median']:.3f} | {mem_cells} |")  # fmt: skip
+            lines.append(
+                f"| {m} | {statistics.median(f32):.3f} | {statistics.median(b16):.3f} | "
+                f"{speed['median']:.2f}x ({speed['min']:.2f}-{speed['max']:.2f}) | {floor['median']:.3f} | "
+                f"{lora['median']:.3f} | {mem_cells} |"
+            )
         lines.append("")
     inf = results.get("inference")
     if inf:
@@ -208,8 +237,10 @@ def table(results: dict) -> str:
         ]
         for name, values in inf.items():
             per = [b / a for a, b in zip(values["fp32"], values["bf16-mixed"], strict=True)]
-            lines.append(f"| {name} | {statistics.median(values['fp32']):.0f} | "
-                         f"{statistics.median(values['bf16-mixed']):.0f} | {statistics.median(per):.2f}x |")  # fmt: skip
+            lines.append(
+                f"| {name} | {statistics.median(values['fp32']):.0f} | "
+                f"{statistics.median(values['bf16-mixed']):.0f} | {statistics.median(per):.2f}x |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -229,8 +260,14 @@ def main() -> None:
         print(json.dumps(one(*args.one.split(":"))))
         return
     shapes = [s for s in args.shapes.split(",") if s]
-    results: dict = {"threads": args.threads, "cpu_bf16": cpu_bf16_instructions(), "rounds": args.rounds,
-                     "torch": torch.__version__, "steps": {}, "memory": {}}  # fmt: skip
+    results: dict = {
+        "threads": args.threads,
+        "cpu_bf16": cpu_bf16_instructions(),
+        "rounds": args.rounds,
+        "torch": torch.__version__,
+        "steps": {},
+        "memory": {},
+    }
     for shape in shapes:
         results["steps"][shape] = paired_steps(shape, args.rounds, args.warmup)
         print(f"{shape}: steps done", file=sys.stderr)

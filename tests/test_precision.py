@@ -34,9 +34,15 @@ def stop_at(step: int):  # noqa: ANN201
 # -- choosing a precision ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("given", "canonical"),
-    [("bf16", "bf16-mixed"), ("no", "fp32"), ("fp16", "fp16-mixed"), ("16-mixed", "fp16-mixed"),
-     ("BF16-mixed", "bf16-mixed"), ("32-true", "fp32")],
-)  # fmt: skip
+    [
+        ("bf16", "bf16-mixed"),
+        ("no", "fp32"),
+        ("fp16", "fp16-mixed"),
+        ("16-mixed", "fp16-mixed"),
+        ("BF16-mixed", "bf16-mixed"),
+        ("32-true", "fp32"),
+    ],
+)
 def test_accelerate_and_lightning_spellings_are_accepted(given, canonical):
     assert precision.normalise(given) == canonical
     assert TrainConfig(precision=given).precision == canonical
@@ -169,7 +175,10 @@ def test_bf16_mixed_training_keeps_fp32_state_and_matches_fp32(toy_config, tmp_p
     # the same run up to bf16 rounding: every logged train loss within 3% of fp32's
     for a, b in zip(fp32["history"], mixed["history"], strict=True):
         assert abs(a["train_loss"] - b["train_loss"]) <= 0.03 * a["train_loss"]
-    assert abs(mixed["metrics"]["test"]["loss"] - fp32["metrics"]["test"]["loss"]) <= 0.03 * fp32["metrics"]["test"]["loss"]  # fmt: skip
+    assert (
+        abs(mixed["metrics"]["test"]["loss"] - fp32["metrics"]["test"]["loss"])
+        <= 0.03 * fp32["metrics"]["test"]["loss"]
+    )
 
 
 def test_fp16_mixed_uses_a_loss_scaler_that_resumes(toy_config, tmp_path):
@@ -178,8 +187,11 @@ def test_fp16_mixed_uses_a_loss_scaler_that_resumes(toy_config, tmp_path):
         train(cfg, on_step=stop_at(4))
     state = json.loads((tmp_path / "run" / "checkpoint-3" / "state.json").read_text())
     assert state["scaler"]["scale"] > 1  # GradScaler's dynamic scale (65536 at the start)
-    resumed = train(toy_config(precision="fp16-mixed", max_steps=6, save_every=3, output=str(tmp_path / "run"),
-                               resume=True))  # fmt: skip
+    resumed = train(
+        toy_config(
+            precision="fp16-mixed", max_steps=6, save_every=3, output=str(tmp_path / "run"), resume=True
+        )
+    )
     whole = train(toy_config(precision="fp16-mixed", max_steps=6, output=str(tmp_path / "whole")))
     assert resumed["metrics"] == whole["metrics"] and resumed["history"] == whole["history"]
 
@@ -193,8 +205,11 @@ def test_bf16_mixed_resume_is_bitwise_and_refuses_another_precision(toy_config, 
         train(
             toy_config(precision="fp32", max_steps=8, save_every=3, output=str(tmp_path / "run"), resume=True)
         )
-    resumed = train(toy_config(precision="bf16-mixed", max_steps=8, save_every=3, output=str(tmp_path / "run"),
-                               resume=True))  # fmt: skip
+    resumed = train(
+        toy_config(
+            precision="bf16-mixed", max_steps=8, save_every=3, output=str(tmp_path / "run"), resume=True
+        )
+    )
     assert resumed["resumed_from_step"] == 3
     assert resumed["metrics"] == whole["metrics"] and resumed["history"] == whole["history"]
     adapter = "adapter/adapter_model.safetensors"

@@ -186,8 +186,13 @@ def _step_grads(chunk, rt, batch_size) -> dict[str, torch.Tensor]:
     net = get_method("sparta").apply(tiny_lm("llama-untied"), SimpleNamespace(
         density=0.3, targets=None, seed=0, index_seed=None, lm_head="frozen"), LM)  # fmt: skip
     cfg = SimpleNamespace(batch_size=batch_size, padding_side="right")
-    setup = SimpleNamespace(enc={"train": random_lm_data(8, seed=9)}, objective=LM, precision=None,
-                            tokenizer=SimpleNamespace(pad_token_id=0), device=torch.device("cpu"))  # fmt: skip
+    setup = SimpleNamespace(
+        enc={"train": random_lm_data(8, seed=9)},
+        objective=LM,
+        precision=None,
+        tokenizer=SimpleNamespace(pad_token_id=0),
+        device=torch.device("cpu"),
+    )
     step_loss_and_backward(net, chunk, setup, cfg, rt)
     return {n: p.grad.clone() for n, p in net.named_parameters() if p.requires_grad}
 

@@ -105,9 +105,17 @@ def _evaluate_causal(
         generate = bool(getattr(head.spec, "generation_metric", False))
     with loaded.autocast():
         return objective.evaluate(
-            loaded.model, data, head.spec, batch_size, loaded.pad_id, head.padding_side, loaded.device,
-            generate=generate, tokenizer=loaded.tokenizer, max_new_tokens=max_new_tokens,
-        )  # fmt: skip
+            loaded.model,
+            data,
+            head.spec,
+            batch_size,
+            loaded.pad_id,
+            head.padding_side,
+            loaded.device,
+            generate=generate,
+            tokenizer=loaded.tokenizer,
+            max_new_tokens=max_new_tokens,
+        )
 
 
 def examples_from_texts(task, texts: list[str]) -> list[dict]:

@@ -136,8 +136,8 @@ def step_loss_and_backward(model, chunk, s: Setup, cfg: TrainConfig, rt: Runtime
         idx, weight = rank_slice(global_idx, rt, cfg.batch_size)
         with rt.no_sync(model, skip=k < len(chunk) - 1):
             with autocast(s.precision, s.device):  # the forward only: backward follows the forward's dtypes
-                loss = objective.batch_loss(model, train_data, idx, s.tokenizer.pad_token_id, cfg.padding_side,
-                                            s.device)  # fmt: skip
+                pad_id = s.tokenizer.pad_token_id
+                loss = objective.batch_loss(model, train_data, idx, pad_id, cfg.padding_side, s.device)
             part = loss.float() / n_step
             # DDP averages gradients over ranks; the world factor turns that into the global-batch mean
             scaled = part * (weight * rt.world)
@@ -208,9 +208,8 @@ def run_steps(cfg, s: Setup, prepared, optimizer, net, opt: Optimisation, run_ev
             chunk = [next(opt.stream) for _ in range(cfg.grad_accum)]
             step_loss = step_loss_and_backward(prepared, chunk, s, cfg, rt, opt.scaler)
             check_finite(step_loss, step, cfg, output)
-            if (
-                opt.scaler is not None
-            ):  # fp16-mixed: true gradients for clipping; a step with inf/NaN is skipped
+            # fp16-mixed: unscaled gradients for clipping; the scaler skips a step whose gradients hold inf/NaN
+            if opt.scaler is not None:
                 opt.scaler.unscale_(optimizer)
             clip_gradients(prepared, params, cfg.max_grad_norm, rt)
             if opt.scaler is not None:
@@ -327,9 +326,11 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
             """`final`: the zero-shot or final metrics, which may hold more than the loss (the objective's)."""
             eval_bs = cfg.eval_batch_size or 2 * cfg.batch_size
             options = s.objective.eval_options(cfg, s.task, s.tokenizer, final)
+            data, pad_id = s.enc[split], s.tokenizer.pad_token_id
             with autocast(s.precision, s.device):
-                return s.objective.evaluate(model or net, s.enc[split], s.task, eval_bs, s.tokenizer.pad_token_id,
-                                            cfg.padding_side, s.device, rt, **options)  # fmt: skip
+                return s.objective.evaluate(
+                    model or net, data, s.task, eval_bs, pad_id, cfg.padding_side, s.device, rt, **options
+                )
 
         zero_shot = ckpt.state["zero_shot"] if ckpt is not None else None
         if ckpt is None and cfg.zero_shot:
@@ -342,8 +343,16 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
         )  # the unwrapped model: evaluation, state and saving use it, never DDP's
         # (preference: the reference, on the unwrapped model, before any step)
         with autocast(s.precision, s.device):
-            s.objective.prepare(net, s.method, cfg, s.enc, output=output, device=s.device,
-                                pad_id=s.tokenizer.pad_token_id, rt=rt)  # fmt: skip
+            s.objective.prepare(
+                net,
+                s.method,
+                cfg,
+                s.enc,
+                output=output,
+                device=s.device,
+                pad_id=s.tokenizer.pad_token_id,
+                rt=rt,
+            )
         opt = build_optimisation(cfg, net, s, rt, ckpt)
         prepared, optimizer = rt.prepare(net, opt.optimizer)
         if s.device.type == "cuda":
