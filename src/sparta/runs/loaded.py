@@ -7,7 +7,8 @@ start from (the zero-shot label-word head of an instruct model, the seeded rando
 same commands show a model before and after training. Every kind becomes a `Loaded`: a model, its tokenizer and
 the tasks it answers (`TaskHead`: the task and how its inputs are formatted), one for a run, several for a merge.
 A language-modelling (SFT) run, export or merge opens as a causal LM (`sparta.runs.causal`); so does a base
-model asked for with `objective="language-modelling"` (generation), which needs no task.
+model asked for with `objective="language-modelling"` (generation), which needs no task. A directory of adapter
+files alone (no run.json) is refused with what it looks like, what is wrong with it and which run to pass.
 """
 
 from __future__ import annotations
