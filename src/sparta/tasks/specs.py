@@ -366,7 +366,7 @@ def objective_from_columns(path: str, options: dict) -> str:
     * any classification option given (``text_fields``, ``label_field``, ``label_names``, ...): classification;
     * ``chosen`` and ``rejected`` columns: preference (DPO; with a ``prompt``, or hh-rlhf's whole dialogues);
     * a ``messages`` column, or ``prompt`` and ``completion``, or a ``format`` given: language modelling (SFT);
-    * ``text`` and ``label`` columns: classification.
+    * a ``label`` column: classification.
 
     A lone ``text`` column is no answer (a classification file whose label column is misnamed has one too):
     language modelling on plain text takes ``objective="language-modelling"``. Columns that fit none of these
@@ -385,7 +385,7 @@ def objective_from_columns(path: str, options: dict) -> str:
         return PREFERENCE
     if messages in have or {prompt, completion} <= have or options.get("format"):
         return LANGUAGE_MODELLING
-    if {"text", "label"} <= have:
+    if "label" in have:  # (its input columns are checked by `custom_task`)
         return CLASSIFICATION
     text = named("text_field", "text")
     raise SpartaError(
