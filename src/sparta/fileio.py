@@ -61,7 +61,8 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
 
 
 def read_json(path: str | os.PathLike, what: str = "") -> Any:
-    """Parse a JSON file; a missing or corrupt one is a SpartaError naming it (and `what` it should be)."""
+    """Parse a JSON file; a missing or corrupt one is a SpartaError naming it (and `what` it should be), with
+    the line and column of a syntax error."""
     path = Path(path)
     label = f"{what} {path}" if what else str(path)
     if not path.is_file():
@@ -69,4 +70,11 @@ def read_json(path: str | os.PathLike, what: str = "") -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise SpartaError(f"{label} is not valid JSON: {err}") from None
+        raise SpartaError(f"{label} is not valid JSON ({json_problem(err)})") from None
+
+
+def json_problem(err: Exception) -> str:
+    """Where and what a JSON reading error is: "line 2, column 7: Expecting value" (else the error's text)."""
+    if isinstance(err, json.JSONDecodeError):
+        return f"line {err.lineno}, column {err.colno}: {err.msg}"
+    return str(err)

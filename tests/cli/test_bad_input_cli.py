@@ -201,5 +201,36 @@ def test_eval_of_a_broken_adapter_dir(runs, tmp_path, capsys, toy, method):
     _fails(capsys, ["eval", str(tmp_path / "no-tokenizer")], "tokenizer")
 
 
+@pytest.mark.parametrize("method", ["sparta", "lora"])
+def test_eval_of_adapter_files_alone_says_what_the_directory_is(runs, tmp_path, capsys, method):
+    bare = Path(shutil.copytree(runs / method / "adapter", tmp_path / "bare"))  # no run.json beside it
+    config = bare / "adapter_config.json"
+    config.write_text('{"adapter_type": "sparta",\n  "format_version": }\n')
+    looks = f"{bare} looks like an adapter directory (adapter_config.json, adapter_model.safetensors"
+    for extra in ((), ("--task", "sst2")):  # with a task it used to be called a model directory
+        _fails(
+            capsys,
+            ["eval", str(bare), *extra],
+            looks,
+            f"its adapter config {config} is not valid JSON (line 2, column 21: Expecting value)",
+            "pass the training run it was saved in",
+        )
+    _fails(capsys, ["predict", str(bare), "a good movie"], looks, "line 2, column 21")
+    config.unlink()
+    _fails(
+        capsys,
+        ["eval", str(bare)],
+        f"{bare} looks like an adapter directory (adapter_model.safetensors;",
+        f"{config} does not exist",
+    )
+    adapter = runs / method / "adapter"  # intact, but a run's part: the run is what opens
+    _fails(
+        capsys,
+        ["eval", str(adapter)],
+        "records no task",
+        f"pass the training run {runs / method} that holds it",
+    )
+
+
 def _largest(folder: Path) -> str:
     return max(folder.iterdir(), key=lambda f: f.stat().st_size).name

@@ -85,9 +85,13 @@ def test_path_shortcut_and_dev_cap(tmp_path):
 def test_errors(tmp_path):
     path = write_csv(tmp_path / "a.csv", reviews(10))
     with pytest.raises(
-        SpartaError, match=r"a.csv: column 'text' not found; the columns are 'id', 'review', 'stars'"
+        SpartaError, match=r"a.csv: the columns 'id', 'review' and 'stars' fit no task format; .* --objective"
     ):
         get_task("custom", data_files={"train": path})
+    with pytest.raises(
+        SpartaError, match=r"a.csv: column 'text' not found; the columns are 'id', 'review', 'stars'"
+    ):
+        get_task("custom", data_files={"train": path}, objective="classification")
     with pytest.raises(SpartaError, match="column 'label' not found"):
         get_task("custom", data_files={"train": path}, text_fields=("review",))
     with pytest.raises(SpartaError, match="not among label_names"):

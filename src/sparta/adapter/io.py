@@ -32,7 +32,7 @@ from sparta.adapter.fingerprint import check_fingerprint, model_fingerprint
 from sparta.adapter.sampling import indices_checksum, sample_indices
 from sparta.adapter.targets import find_targets, is_head
 from sparta.errors import SpartaError
-from sparta.fileio import atomic_file
+from sparta.fileio import atomic_file, json_problem
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -181,7 +181,7 @@ def read_adapter_config(path: Path) -> dict:
     try:
         document = json.loads(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise SpartaError(f"{config_file} is corrupt (not valid JSON: {err})") from None
+        raise SpartaError(f"{config_file} is corrupt (not valid JSON: {json_problem(err)})") from None
     if not isinstance(document, dict) or document.get("adapter_type") != "sparta":
         raise SpartaError(f"{config_file} is not a SpaRTA adapter config (adapter_type is not 'sparta')")
     if document.get("format_version") != FORMAT_VERSION:

@@ -115,7 +115,7 @@ def encode_pairs(
     limit is `max_length`; dev and test (`truncate`) keep to the model's context (`max_length` there) and to
     `pair_max_length` (the run's --max-length, else the task's)."""
     from sparta.tasks.chat import encode_text, render_messages
-    from sparta.tasks.preference import pair_of
+    from sparta.tasks.preference import pair_columns, pair_of
 
     if template is not None:
         raise SpartaError("--template formats classification inputs; preference pairs are rendered by their chat "
@@ -128,8 +128,9 @@ def encode_pairs(
         limit = min(x for x in (max_length, cap) if x) if (max_length or cap) else None
     system = getattr(task, "system_prompt", None)
     out = PairEncoded([], [], [], [], [], settings=DPOSettings(beta, dpo_loss, label_smoothing))
+    columns = pair_columns(task)
     for row in examples:
-        pair, why = pair_of(row)
+        pair, why = pair_of(row, columns)
         if pair is None:
             out.invalid[why] = out.invalid.get(why, 0) + 1
             continue

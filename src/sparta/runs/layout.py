@@ -8,7 +8,9 @@ it runs. A **merged model** (`sparta merge`) is a transformers checkpoint of the
 weights, its tokenizer, ``heads/<task>.safetensors`` and ``merged.json`` (and ``tuning.csv`` when its weights were
 tuned on dev). An **export** (`sparta export`) is a
 plain transformers model directory with a ``run.json`` sidecar. Anything else with a ``config.json`` is a model
-directory; anything else at all is taken as a model name (registry alias or hub id).
+directory; one with adapter files (``adapter_config.json``, ``adapter_model.safetensors``: a run's ``adapter/``,
+or what `SpartaModel.save_pretrained` or PEFT write) but neither is a bare adapter; anything else at all is taken
+as a model name (registry alias or hub id).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from sparta.adapter.io import CONFIG_NAME as ADAPTER_CONFIG
+from sparta.adapter.io import WEIGHTS_NAME as ADAPTER_WEIGHTS
 from sparta.errors import SpartaError
 
 RUN_FILE = "run.json"
@@ -39,7 +43,8 @@ MODEL_CONFIG = "config.json"  # a transformers model directory
 
 
 def kind_of(path: str | Path) -> str:
-    """ "merged", "run" (a training output), "model" (a transformers model directory) or "name" (anything else)."""
+    """ "merged", "run" (a training output), "model" (a transformers model directory), "adapter" (adapter files
+    alone) or "name" (anything else)."""
     path = Path(path)
     if (path / MERGED_FILE).is_file():
         return "merged"
@@ -47,6 +52,8 @@ def kind_of(path: str | Path) -> str:
         return "run"
     if (path / MODEL_CONFIG).is_file():
         return "model"
+    if (path / ADAPTER_CONFIG).is_file() or (path / ADAPTER_WEIGHTS).is_file():
+        return "adapter"
     return "name"
 
 

@@ -7,7 +7,8 @@ start from (the zero-shot label-word head of an instruct model, the seeded rando
 same commands show a model before and after training. Every kind becomes a `Loaded`: a model, its tokenizer and
 the tasks it answers (`TaskHead`: the task and how its inputs are formatted), one for a run, several for a merge.
 A language-modelling (SFT) run, export or merge opens as a causal LM (`sparta.runs.causal`); so does a base
-model asked for with `objective="language-modelling"` (generation), which needs no task.
+model asked for with `objective="language-modelling"` (generation), which needs no task. A directory of adapter
+files alone (no run.json) is refused with what it looks like, what is wrong with it and which run to pass.
 """
 
 from __future__ import annotations
@@ -43,7 +44,16 @@ from sparta.runs.causal import (
     open_causal_dir,
     open_causal_run,
 )
-from sparta.runs.layout import ADAPTER_DIR, MODEL_DIR, RUN_FILE, TOKENIZER_DIR, kind_of
+from sparta.runs.layout import (
+    ADAPTER_CONFIG,
+    ADAPTER_DIR,
+    ADAPTER_WEIGHTS,
+    MODEL_CONFIG,
+    MODEL_DIR,
+    RUN_FILE,
+    TOKENIZER_DIR,
+    kind_of,
+)
 from sparta.runs.multihead import MultiHeadModel, read_merged
 from sparta.tasks import TaskSpec, build_task, format_input
 
@@ -164,6 +174,8 @@ def _open(
     kind = kind_of(path)
     if kind == "merged":
         return _open_merged(Path(path), device, dtype, objective)
+    if kind == "adapter":
+        raise _adapter_dir_error(Path(path))
     if kind == "name" and Path(path).exists() and not Path(path).is_dir():
         raise SpartaError(f"{path} is not a directory; give a training output dir or a model dir")
     info = (
@@ -198,6 +210,27 @@ def _open(
     head = TaskHead(spec.name, spec, instruct, info.get("template"), side, info.get("seed", 0))
     return Loaded(
         loaded_kind, model, tokenizer, {spec.name: head}, {**info, "instruct": instruct}, dev, found
+    )
+
+
+def _adapter_dir_error(path: Path) -> SpartaError:
+    """Why a directory of adapter files alone does not open: what it looks like, what is wrong with it (a
+    missing or corrupt adapter config, with the line and column of the JSON error), and what to pass instead."""
+    present = ", ".join(n for n in (ADAPTER_CONFIG, ADAPTER_WEIGHTS) if (path / n).is_file())
+    looks = f"{path} looks like an adapter directory ({present}; no {RUN_FILE} or {MODEL_CONFIG})"
+    run = path.parent if path.name == ADAPTER_DIR and (path.parent / RUN_FILE).is_file() else None
+    instead = (
+        f"pass the training run {run} that holds it"
+        if run
+        else f"pass the training run it was saved in ({RUN_FILE} beside {ADAPTER_DIR}/), a merged model or a "
+        "model directory"
+    )
+    try:
+        read_json(path / ADAPTER_CONFIG, "its adapter config")
+    except SpartaError as err:
+        return SpartaError(f"{looks}, but {err}; repair or save the adapter again, or {instead}")
+    return SpartaError(
+        f"{looks}: an adapter alone records no task or input format to open it with; {instead}"
     )
 
 

@@ -89,7 +89,17 @@ def carve(
     }
 
 
-PAIR_FIELDS = ("prompt", "chosen", "rejected")
+PAIR_FIELDS = (
+    "prompt",
+    "chosen",
+    "rejected",
+)  # the default columns (TaskSpec's prompt/chosen/rejected_field)
+
+
+def pair_columns(task: object) -> tuple[str, str, str]:
+    """The (prompt, chosen, rejected) column names of a preference task (the defaults where it names none)."""
+    names = ("prompt_field", "chosen_field", "rejected_field")
+    return tuple(getattr(task, n, d) for n, d in zip(names, PAIR_FIELDS, strict=True))  # type: ignore[return-value]
 
 
 def _reply(value: object) -> str | None:
@@ -120,8 +130,9 @@ def _prompt_messages(value: object) -> list[dict[str, str]] | None:
     return None
 
 
-def pair_of(row: dict) -> tuple[PairSplit | None, str | None]:
-    """(the pair, None) or (None, why it is dropped) for one row of either data format:
+def pair_of(row: dict, columns: tuple[str, str, str] = PAIR_FIELDS) -> tuple[PairSplit | None, str | None]:
+    """(the pair, None) or (None, why it is dropped) for one row of either data format (`columns`: the names of
+    the prompt, chosen and rejected columns, `pair_columns`):
 
     * ``prompt`` (text, or chat messages ending with the user's turn) with ``chosen`` and ``rejected`` replies
       (text, or a list of turns ending with the assistant's);
@@ -129,18 +140,19 @@ def pair_of(row: dict) -> tuple[PairSplit | None, str | None]:
 
     Dropped (never guessed at): a missing field, an empty reply, identical replies, a prompt that is no
     conversation, or (hh-rlhf) dialogues that do not differ in their last reply only."""
-    missing = [f for f in ("chosen", "rejected") if row.get(f) is None]
+    prompt_column, chosen_column, rejected_column = columns
+    missing = [f for f in (chosen_column, rejected_column) if row.get(f) is None]
     if missing:
         return None, f"missing field {missing[0]}"
-    if row.get("prompt") is None:
-        chosen, rejected = row["chosen"], row["rejected"]
+    if row.get(prompt_column) is None:
+        chosen, rejected = row[chosen_column], row[rejected_column]
         if isinstance(chosen, str) and isinstance(rejected, str) and HUMAN in chosen:
             return split_dialogue_pair(chosen, rejected)
-        return None, "missing field prompt"
-    messages = _prompt_messages(row["prompt"])
+        return None, f"missing field {prompt_column}"
+    messages = _prompt_messages(row[prompt_column])
     if messages is None or messages[-1]["role"] != "user":
         return None, "no user turn before the replies"
-    chosen, rejected = _reply(row["chosen"]), _reply(row["rejected"])
+    chosen, rejected = _reply(row[chosen_column]), _reply(row[rejected_column])
     if chosen is None or rejected is None:
         return None, "a reply is not text"
     if not chosen or not rejected:

@@ -24,6 +24,12 @@ from sparta.tasks.files import read_located
 MESSAGES, PROMPT_COMPLETION, TEXT = "messages", "prompt-completion", "text"
 FORMATS = (MESSAGES, PROMPT_COMPLETION, TEXT)
 ROLES = ("system", "user", "assistant")
+# how a user names the columns (the flags of `sparta train`, the TaskSpec fields in Python)
+COLUMN_FLAGS = (
+    "--messages-field, --prompt-field and --completion-field, or --text-field (and --format to choose one of "
+    f"{', '.join(FORMATS)}; in Python messages_field=..., prompt_field=..., completion_field=..., text_field=..., "
+    "format=...)"
+)
 
 
 class LMFields(Protocol):
@@ -91,8 +97,7 @@ def detect_format(columns: Iterable[str], task: LMFields, path: str) -> str:
     raise SpartaError(
         f"{path}: cannot tell the data format from the columns {', '.join(map(repr, have)) or '(none)'}; give a "
         f"{task.messages_field!r} column (a list of {{role, content}} turns), {task.prompt_field!r} and "
-        f"{task.completion_field!r} columns, or a {task.text_field!r} column (or name yours: format=..., "
-        "messages_field=..., prompt_field=..., completion_field=..., text_field=...)"
+        f"{task.completion_field!r} columns, or a {task.text_field!r} column, or name yours: {COLUMN_FLAGS}"
     )
 
 

@@ -10,12 +10,12 @@ from sparta.errors import SpartaError
 from sparta.tasks import labels as L
 from sparta.tasks import rows as R
 from sparta.tasks.files import DATA_SUFFIXES, read_located
+from sparta.tasks.preference import PAIR_FIELDS
 
 YES_NO = "Respond Yes or No."
 METRICS = ("accuracy", "mcc", "f1")  # implemented in sparta.tasks.metrics
 CLASSIFICATION, LANGUAGE_MODELLING, PREFERENCE = "classification", "language-modelling", "preference"
 OBJECTIVES = (CLASSIFICATION, LANGUAGE_MODELLING, PREFERENCE)
-PREFERENCE_FIELDS = ("chosen", "rejected")  # columns that make a custom task a preference task
 LM_METRICS = ("loss", "exact_match")  # computed by the language-modelling objective
 ANSWER_PARSERS = ("gsm8k",)  # sparta.tasks.gsm8k
 # options that only mean something for classification tasks: refused for a custom language-modelling task
@@ -27,6 +27,10 @@ _CLASSIFICATION_ONLY = (
     "text_fields",
     "label_values",
 )
+# options that name the columns of a language-modelling or a preference task: refused for the other kinds
+_LM_ONLY = ("format", "messages_field", "completion_field", "text_field")
+_PREFERENCE_ONLY = ("chosen_field", "rejected_field")
+COLUMN_OPTIONS = (*_LM_ONLY, "prompt_field", *_PREFERENCE_ONLY)  # the format and columns of SFT and DPO rows
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,9 @@ class TaskSpec:
     keep_calculator: bool = False  # GSM8K: keep the <<48/2=24>> calculator annotations in the targets
     answer_parser: str | None = None  # "gsm8k": final numbers are compared (sparta.tasks.gsm8k)
     generation_metric: bool = False  # evaluation also scores the exact match of a greedy generation
-    # preference tasks only
+    # preference tasks only (their prompt column is ``prompt_field``)
+    chosen_field: str = "chosen"
+    rejected_field: str = "rejected"
     hf_data_dir: str | None = None  # the hub dataset's data_dir (hh-rlhf: "harmless-base")
     local_file: str = ""  # a file under the data dir whose rows are carved into train/dev/test (hh-harmless)
     description: str = ""
@@ -170,7 +176,9 @@ def get_task(
 
     ``name="custom"`` (or a path to a .csv/.tsv/.jsonl/.json[.gz] training file) builds a task from ``data_files``
     (``{"train": path, "dev": path, "test": path}``; dev and test optional), see :func:`custom_task`; with
-    ``objective="language-modelling"`` an SFT task, see :func:`custom_lm_task`.
+    ``objective="language-modelling"`` an SFT task, see :func:`custom_lm_task`, with ``objective="preference"``
+    a DPO task, see :func:`custom_preference_task`; without an objective the training file's columns choose it
+    (:func:`objective_from_columns`).
     `allow_rare_labels` only concerns custom tasks (the built-in tasks' labels are known).
     """
     key = name.name if isinstance(name, TaskSpec) else str(name).strip()
@@ -182,8 +190,14 @@ def get_task(
             raise SpartaError(
                 f"objective {overrides['objective']!r} is unknown; choose one of {', '.join(OBJECTIVES)}"
             )
-        if overrides.get("objective") is None and files.get("train") and _has_pair_columns(files["train"]):
-            overrides["objective"] = PREFERENCE
+        _custom_files(files)  # its keys checked before the training file is read
+        if overrides.get("objective") is None:
+            given = overrides | {
+                "num_labels": num_labels,
+                "label_names": label_names,
+                "allow_rare_labels": allow_rare_labels,
+            }
+            overrides["objective"] = objective_from_columns(files["train"], given)
         if overrides.get("objective") == PREFERENCE:
             return custom_preference_task(files, **overrides)
         if overrides.get("objective") == LANGUAGE_MODELLING:
@@ -250,6 +264,9 @@ def custom_task(
     empty.
     """
     files = _custom_files(data_files)
+    hint = " (the input columns of a classification task are text_fields: --text-fields)"
+    _refuse(overrides, ("text_field",), "SFT on plain text", CLASSIFICATION, hint)
+    _refuse(overrides, COLUMN_OPTIONS, "SFT and preference tasks", CLASSIFICATION)
     text_fields = (text_fields,) if isinstance(text_fields, str) else tuple(text_fields)
     labels: list[tuple[str, list[object]]] = []  # (file, its label values)
     columns: list[L.LabelColumn] = []  # the labelled rows of each file, with their line numbers
@@ -327,11 +344,10 @@ def custom_lm_task(data_files: dict[str, str], *, format: str | None = None, **o
     naming the file and line. Dev is carved from train (10%, at most 1000) when there is no dev file.
     """
     files = _custom_files(data_files)
-    bad = sorted(k for k in (*_CLASSIFICATION_ONLY, "allow_rare_labels") if overrides.get(k))
-    if bad:
-        raise SpartaError(
-            f"{', '.join(bad)} only apply to classification tasks, not to a language-modelling task; leave them out"
-        )
+    _refuse(
+        overrides, (*_CLASSIFICATION_ONLY, "allow_rare_labels"), "classification tasks", LANGUAGE_MODELLING
+    )
+    _refuse(overrides, _PREFERENCE_ONLY, "preference tasks", LANGUAGE_MODELLING)
     overrides.pop("allow_rare_labels", None)  # False or None: not a TaskSpec field
     fields = _tuples(_clean(overrides))
     columns = R.Columns(**{k: v for k, v in fields.items() if k in R.Columns.__dataclass_fields__})
@@ -343,9 +359,73 @@ def custom_lm_task(data_files: dict[str, str], *, format: str | None = None, **o
     return _validate(dataclasses.replace(spec, **fields, format=fmt))
 
 
-def _has_pair_columns(path: str) -> bool:
+def objective_from_columns(path: str, options: dict) -> str:
+    """The objective a custom training file's columns say, where none is given (`options`: the task's
+    keyword arguments, whose ``*_field``s name the columns):
+
+    * any classification option given (``text_fields``, ``label_field``, ``label_names``, ...): classification;
+    * ``chosen`` and ``rejected`` columns: preference (DPO; with a ``prompt``, or hh-rlhf's whole dialogues);
+    * a ``messages`` column, or ``prompt`` and ``completion``, or a ``format`` given: language modelling (SFT);
+    * a ``label`` column: classification.
+
+    A lone ``text`` column is no answer (a classification file whose label column is misnamed has one too):
+    language modelling on plain text takes ``objective="language-modelling"``. Columns that fit none of these
+    are a SpartaError naming every format, its columns and the flags that name them."""
+    if any(options.get(k) for k in (*_CLASSIFICATION_ONLY, "allow_rare_labels")):
+        return CLASSIFICATION
     rows, _ = read_located(path)
-    return bool(rows) and set(PREFERENCE_FIELDS) <= set(rows[0])
+    have = set(rows[0])
+
+    def named(key: str, default: str) -> str:
+        return options.get(key) or default
+
+    prompt, chosen, rejected = _pair_names(options)
+    messages, completion = named("messages_field", "messages"), named("completion_field", "completion")
+    if {chosen, rejected} <= have:
+        return PREFERENCE
+    if messages in have or {prompt, completion} <= have or options.get("format"):
+        return LANGUAGE_MODELLING
+    if "label" in have:  # (its input columns are checked by `custom_task`)
+        return CLASSIFICATION
+    text = named("text_field", "text")
+    raise SpartaError(
+        f"{path}: the columns {_quoted(rows[0])} fit no task format; rename them, name yours, or give --objective "
+        f"({', '.join(OBJECTIVES)}). {CLASSIFICATION} reads 'text' and 'label' (--text-fields, --label-field); "
+        f"{LANGUAGE_MODELLING} (SFT) reads a {messages!r} list of chat turns (--messages-field), "
+        f"{_quoted((prompt, completion))} (--prompt-field, --completion-field), or, with --objective "
+        f"{LANGUAGE_MODELLING}, a {text!r} column (--text-field); {PREFERENCE} (DPO) reads "
+        f"{_quoted((prompt, chosen, rejected))} (--prompt-field, --chosen-field, --rejected-field)"
+    )
+
+
+def _pair_names(options: dict) -> tuple[str, str, str]:
+    """The (prompt, chosen, rejected) columns that task options name (the defaults where they name none)."""
+    keys = ("prompt_field", "chosen_field", "rejected_field")
+    return tuple(options.get(k) or d for k, d in zip(keys, PAIR_FIELDS, strict=True))  # type: ignore[return-value]
+
+
+def read_columns(task: TaskSpec) -> tuple[str, ...]:
+    """The columns a task's rows are read from (its format's, for a language-modelling task)."""
+    if task.objective == LANGUAGE_MODELLING:
+        return R.required_columns(task)
+    if task.objective == PREFERENCE:
+        return (task.prompt_field, task.chosen_field, task.rejected_field)
+    return (*task.text_fields, task.label_field)
+
+
+def _quoted(names) -> str:  # noqa: ANN001 - any iterable of column names
+    items = [repr(str(n)) for n in names]
+    return " and ".join(items) if len(items) <= 2 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _refuse(options: dict, keys: tuple[str, ...], what: str, kind: str, hint: str = "") -> None:
+    """A SpartaError when `options` sets any of `keys`, which only apply to `what`, not to a `kind` task."""
+    bad = sorted(k for k in keys if options.get(k))
+    if bad:
+        verb, them = ("applies", "it") if len(bad) == 1 else ("apply", "them")
+        raise SpartaError(
+            f"{', '.join(bad)} only {verb} to {what}, not to a {kind} task; leave {them} out{hint}"
+        )
 
 
 def custom_preference_task(data_files: dict[str, str], **overrides) -> TaskSpec:
@@ -354,15 +434,18 @@ def custom_preference_task(data_files: dict[str, str], **overrides) -> TaskSpec:
     Rows that are no clean pair are dropped and counted when encoded (`sparta.tasks.preference.pair_of`). Dev is
     carved from train (10%, at most 1000) when there is no dev file."""
     files = _custom_files(data_files)
-    bad = sorted(k for k in (*_CLASSIFICATION_ONLY, "allow_rare_labels") if overrides.get(k))
-    if bad:
-        raise SpartaError(f"{', '.join(bad)} only apply to classification tasks, not to a preference task")
+    _refuse(overrides, (*_CLASSIFICATION_ONLY, "allow_rare_labels"), "classification tasks", PREFERENCE)
+    _refuse(overrides, _LM_ONLY, "language-modelling tasks", PREFERENCE)
     overrides.pop("allow_rare_labels", None)
     rows, _ = read_located(dict(files)["train"])
-    missing = [c for c in PREFERENCE_FIELDS if c not in rows[0]]
+    prompt, chosen, rejected = _pair_names(overrides)
+    missing = [c for c in (chosen, rejected) if c not in rows[0]]
     if missing:
-        raise SpartaError(f"{dict(files)['train']}: a preference task needs columns prompt, chosen and rejected "
-                          f"(or hh-rlhf's chosen and rejected dialogues); {', '.join(missing)} not found")  # fmt: skip
+        raise SpartaError(
+            f"{dict(files)['train']}: a preference task needs columns {_quoted((prompt, chosen, rejected))} (or "
+            f"hh-rlhf's {chosen!r} and {rejected!r} dialogues); {_quoted(missing)} not found among "
+            f"{_quoted(rows[0])} (name yours: --prompt-field, --chosen-field, --rejected-field)"
+        )
     dev = ("dev",) if any(s == "dev" for s, _ in files) else ()
     spec = TaskSpec("custom", 0, (), "", (), (), "", metrics=("loss",), max_length=1024, data_files=files,
                     dev_size=min(1000, max(1, len(rows) // 10)), dev_splits=dev, test_splits=("test",),

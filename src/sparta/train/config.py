@@ -26,6 +26,7 @@ from sparta.objectives import OBJECTIVE_NAMES
 from sparta.objectives.language_modelling import LM_HEAD, LOSS_ON
 from sparta.objectives.preference import DPO_LOSSES
 from sparta.precision import normalise as normalise_precision
+from sparta.tasks.rows import FORMATS
 from sparta.train import options as O
 from sparta.train.options import option
 
@@ -94,6 +95,36 @@ class TrainConfig:
         const=True,
         help="custom tasks: train even with a class of under 3 (or 0.5%) training rows or an eval label absent "
         "from train",
+    )
+    # the columns of SFT and preference rows (a custom task's objective is told from them unless --objective)
+    format: str | None = option(
+        None,
+        group="task",
+        choices=FORMATS,
+        help="SFT rows: chat messages, a prompt and a completion, or plain text (default: told from the columns)",
+    )
+    messages_field: str | None = option(
+        None,
+        group="task",
+        help="SFT: the column of chat turns, a list of {role, content} (default: messages)",
+    )
+    prompt_field: str | None = option(
+        None, group="task", help="SFT and preference: the prompt column (default: prompt)"
+    )
+    completion_field: str | None = option(
+        None, group="task", help="SFT: the column of the reply to the prompt (default: completion)"
+    )
+    text_field: str | None = option(
+        None,
+        group="task",
+        help="SFT on plain text (with --objective language-modelling or --format text): the text column "
+        "(default: text; classification inputs are --text-fields)",
+    )
+    chosen_field: str | None = option(
+        None, group="task", help="preference: the column of the preferred reply (default: chosen)"
+    )
+    rejected_field: str | None = option(
+        None, group="task", help="preference: the column of the dispreferred reply (default: rejected)"
     )
     keep_calculator: bool = option(
         False, group="task", const=True, help="gsm8k: keep the <<...>> calculator annotations in the answers"

@@ -34,6 +34,7 @@ from sparta.runs.causal import base_model_of, merged_run_model
 from sparta.runs.layout import RUN_FILE, prepare_output
 from sparta.tasks import build_task, format_input, load_splits
 from sparta.tasks.labels import class_counts
+from sparta.tasks.specs import COLUMN_OPTIONS, LANGUAGE_MODELLING, read_columns
 from sparta.train import checkpoint as C
 from sparta.train.config import TrainConfig
 from sparta.train.distributed import Runtime
@@ -66,6 +67,7 @@ def task_args(cfg: TrainConfig) -> dict[str, Any]:
         "label_names": tuple(cfg.labels) if cfg.labels else None,
         "allow_rare_labels": cfg.allow_rare_labels or None,
         "keep_calculator": cfg.keep_calculator or None,
+        **{k: getattr(cfg, k) for k in COLUMN_OPTIONS},  # config fields named as the TaskSpec's
     }
     args: dict[str, Any] = {"name": cfg.task, **{k: v for k, v in overrides.items() if v is not None}}
     if files:
@@ -76,9 +78,17 @@ def task_args(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def choose_task(cfg: TrainConfig) -> tuple[dict[str, Any], Any, Objective]:
-    """(task arguments, task, objective): the run's --objective, else the task's; its settings checked."""
+    """(task arguments, task, objective): the run's --objective, else the task's (a custom task's told from its
+    training file's columns, logged and written into the task arguments); its settings checked."""
     targs = task_args(cfg)
     task = build_task(targs)
+    if "data_files" in targs and "objective" not in targs:
+        targs["objective"] = task.objective
+        fmt = f", format {task.format}" if task.objective == LANGUAGE_MODELLING else ""
+        logger.info(
+            f"objective {task.objective}{fmt}: told from the columns {', '.join(map(repr, read_columns(task)))} "
+            f"of {targs['data_files']['train']}; --objective sets another"
+        )
     objective = objective_for(task, cfg.objective)
     objective.check(cfg)
     return targs, task, objective
