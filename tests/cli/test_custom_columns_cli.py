@@ -197,6 +197,12 @@ def test_sft_columns_are_refused_for_classification(files, base_model_dir, tmp_p
         ),
         "prompt_field only applies",
     )
+    # a built-in classification task reads its own columns: SFT column flags are refused there too
+    argv = ["train", "--task", "sst2", "--prompt-field", "question", "--output", str(tmp_path / "y")]
+    _fails(
+        capsys, argv, "prompt_field only applies to SFT and preference tasks, not to a classification (sst2)"
+    )
+    assert not (tmp_path / "y").exists()
 
 
 def _parser() -> argparse.ArgumentParser:

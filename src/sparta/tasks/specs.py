@@ -226,6 +226,10 @@ def get_task(
         raise SpartaError(
             f"unknown task {name!r}; choose one of {', '.join(list_tasks())}, or 'custom' with data files"
         )
+    if _TASKS[norm].objective == CLASSIFICATION:  # e.g. --task sst2 --prompt-field x: never silently ignored
+        _refuse(
+            overrides, COLUMN_OPTIONS, "SFT and preference tasks", f"classification ({_TASKS[norm].name})"
+        )
     return _validate(dataclasses.replace(_TASKS[norm], **extra)) if extra else _TASKS[norm]
 
 
