@@ -3,22 +3,37 @@
 
     python experiments/tools/collect_cells.py GRID_OUTPUT experiments/results/NAME
 """
-import shutil, sys
+
+import shutil
+import sys
 from pathlib import Path
 
-src, dst = Path(sys.argv[1]), Path(sys.argv[2])
-KEEP = {".json", ".csv", ".log", ".yaml", ".out"}
+KEEP = {".json", ".csv", ".log", ".yaml"}
 SKIP_DIRS = {"adapter", "model", "tokenizer", "tb"}
-for results in src.rglob("results.json"):
-    cell = results.parent
-    if any(p.startswith("checkpoint-") or p in SKIP_DIRS for p in cell.relative_to(src).parts):
-        continue
-    for f in cell.rglob("*"):
-        rel = f.relative_to(src)
-        if f.is_file() and f.suffix in KEEP and not any(p.startswith("checkpoint-") or p in SKIP_DIRS for p in rel.parts):
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(f, dst / rel)
-    log = cell.with_suffix(".log")
-    if log.is_file():
-        (dst / log.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(log, dst / log.relative_to(src))
+
+
+def skipped(rel: Path) -> bool:
+    return any(p.startswith("checkpoint-") or p in SKIP_DIRS for p in rel.parts)
+
+
+def copy(f: Path, src: Path, dst: Path) -> None:
+    target = dst / f.relative_to(src)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(f, target)
+
+
+def main() -> None:
+    src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+    for results in src.rglob("results.json"):
+        cell = results.parent
+        if skipped(cell.relative_to(src)):
+            continue
+        for f in cell.rglob("*"):
+            if f.is_file() and f.suffix in KEEP and not skipped(f.relative_to(src)):
+                copy(f, src, dst)
+        if cell.with_suffix(".log").is_file():  # the log a grid driver wrote beside the cell
+            copy(cell.with_suffix(".log"), src, dst)
+
+
+if __name__ == "__main__":
+    main()
