@@ -66,6 +66,7 @@ def task_args(cfg: TrainConfig) -> dict[str, Any]:
         "label_names": tuple(cfg.labels) if cfg.labels else None,
         "allow_rare_labels": cfg.allow_rare_labels or None,
         "keep_calculator": cfg.keep_calculator or None,
+        "difficulty": cfg.difficulty,
     }
     args: dict[str, Any] = {"name": cfg.task, **{k: v for k, v in overrides.items() if v is not None}}
     if files:
