@@ -65,8 +65,18 @@ def test_grpo_run_logs_every_step(grpo_config, tmp_path):
     )
     rows = _log(tmp_path / "run")
     assert [int(r["step"]) for r in rows] == list(range(1, 9))
-    for key in ("reward", "reward_tinyrewards:good", "share_length", "completion_length", "clip_fraction", "kl",
-                "generation_s", "training_s", "sync_bytes", "model_bytes"):  # fmt: skip
+    for key in (
+        "reward",
+        "reward_tinyrewards:good",
+        "share_length",
+        "completion_length",
+        "clip_fraction",
+        "kl",
+        "generation_s",
+        "training_s",
+        "sync_bytes",
+        "model_bytes",
+    ):
         assert all(r[key] != "" for r in rows), key
     assert [r["dev_accuracy"] != "" for r in rows] == [False, False, False, True] * 2
     # SpaRTA's update is its m deltas, 4 bytes each (positions known from the seed), far below the whole model
@@ -137,3 +147,79 @@ def test_clipped_loss_clips_the_ratio_and_adds_the_kl_estimate():
     kl = torch.exp(reference - logps.detach()) - (reference - logps.detach()) - 1  # k3, zero where equal
     assert with_kl.kl[0] == 0 and with_kl.kl[1] > 0
     assert torch.allclose(with_kl.loss, terms.loss.detach() + 0.5 * kl)
+
+
+def test_resume_after_kill_is_bitwise_identical(grpo_config, tmp_path):
+    """Run A: 5 steps. Run B: --save-every 2, killed (os._exit(137), as kill -9) after step 3, then resumed: the
+    sampling, the rewards and the adapter are bitwise A's (num_iterations 2 and the KL term exercise every path)."""
+    extra = dict(max_steps=5, num_iterations=2, kl_coef=0.1, eval_every=5)
+    a = train(grpo_config(**extra, output=str(tmp_path / "A")))
+    cfg = grpo_config(**extra, save_every=2, output=str(tmp_path / "B"))
+    code = (
+        "import json, os, sys; from sparta.train import TrainConfig, train; "
+        "train(TrainConfig(**json.loads(sys.argv[1])), on_step=lambda s: os._exit(137) if s == 3 else None)"
+    )
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(TESTS)]),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(cfg.to_dict())], env=env, capture_output=True, cwd=REPO
+    )
+    assert proc.returncode == 137, proc.stderr.decode()[-2000:]
+    assert [p.name for p in C.list_checkpoints(tmp_path / "B")] == ["checkpoint-2"]
+    cfg.resume = True
+    b = train(cfg)
+    assert b["resumed_from_step"] == 2
+    assert b["history"] == a["history"] and b["metrics"] == a["metrics"] and b["zero_shot"] == a["zero_shot"]
+    assert _files(tmp_path / "B" / "adapter") == _files(tmp_path / "A" / "adapter")
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.endswith("_s")} for r in rows]  # noqa: E731
+    assert strip(_log(tmp_path / "B")) == strip(_log(tmp_path / "A"))  # every logged value but the timings
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"rewards": []}, "needs at least one reward"),
+        ({"rewards": ["tinyrewards:raises"]}, "reward 'tinyrewards:raises' raised ValueError: broken reward"),
+        ({"rewards": ["tinyrewards:not_a_number"]}, "reward 'tinyrewards:not_a_number' returned 'high'"),
+        ({"rewards": ["exactly"]}, "unknown reward 'exactly'"),
+        ({"rewards": ["tinyrewards:missing"]}, "module 'tinyrewards' has no function 'missing'"),
+        ({"rewards": ["exact=heavy"]}, "weight 'heavy' is not a number"),
+        ({"max_length": 20}, "no training prompt leaves room to generate"),
+        ({"num_generations": 1}, "--num-generations must be at least 2"),
+        ({"method": "head"}, "the head method trains a classification head"),
+        ({"grad_accum": 2}, "leave --grad-accum at 1"),
+        ({"difficulty": 9}, "difficulty must be an integer in 1..8"),
+    ],
+)
+def test_bad_input_is_one_clear_error(grpo_config, overrides, message):
+    with pytest.raises(SpartaError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        train(grpo_config(zero_shot=False, max_steps=1, **overrides))
+
+
+def test_cli_reports_a_bad_reward_with_exit_code_2(instruct_model_dir, tmp_path, capsys):
+    argv = [
+        "train",
+        "--task",
+        "arithmetic",
+        "--model",
+        str(instruct_model_dir),
+        "--rewards",
+        "exact,nosuch",
+        "--output",
+        str(tmp_path / "run"),
+        "--device",
+        "cpu",
+        "--max-steps",
+        "1",
+    ]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "unknown reward 'nosuch'" in err and "Traceback" not in err
+
+
+def test_difficulty_is_refused_for_a_task_read_from_data(grpo_config):
+    with pytest.raises(SpartaError, match="--difficulty sets a generated task"):
+        train(grpo_config(task="gsm8k", objective="grpo", difficulty=3))

@@ -5,10 +5,10 @@ zero-shot), so reinforcement learning with verifiable rewards needs a task whose
 the base model is right some of the time. A problem is an integer expression,
 evaluated with the usual precedence:
 
-* difficulty 1: a + b, operands 1..9;
-* difficulty 2: a + b or a - b, operands 1..20; difficulty 3: the same, operands 1..99;
-* difficulty 4: two operations among +, -, operands 1..50;
-* difficulty d >= 5: d - 2 operations among +, -, * (exactly one *, its operands 2..12), the others 1..10 (d - 2).
+* difficulty 1: a + b, operands 1..9 (81 problems); 2: a + b, operands 1..20 (400);
+* difficulty 3: a + b or a - b, operands 1..20; 4: the same, operands 1..99;
+* difficulty 5: two operations among +, -, operands 1..50;
+* difficulty d >= 6: d - 3 operations among +, -, * (exactly one *, its operands 2..12), the others 1..10 (d - 3).
 
 The question asks for the value; the reference completion works it step by step and ends ``#### <value>``, so
 the GSM8K answer parser (`sparta.tasks.gsm8k`) scores it. Each split is drawn from its own stream of the
@@ -31,12 +31,12 @@ MAX_DIFFICULTY = 8
 
 
 def _operands_and_ops(rng: random.Random, difficulty: int) -> tuple[list[int], list[str]]:
-    if difficulty <= 3:
-        top = (9, 20, 99)[difficulty - 1]
-        return [rng.randint(1, top), rng.randint(1, top)], ["+" if difficulty == 1 else rng.choice("+-")]
-    if difficulty == 4:
+    if difficulty <= 4:
+        top = (9, 20, 20, 99)[difficulty - 1]
+        return [rng.randint(1, top), rng.randint(1, top)], ["+" if difficulty <= 2 else rng.choice("+-")]
+    if difficulty == 5:
         return [rng.randint(1, 50) for _ in range(3)], [rng.choice("+-") for _ in range(2)]
-    n = difficulty - 2
+    n = difficulty - 3
     ops = [rng.choice("+-") for _ in range(n)]
     ops[rng.randrange(n)] = "*"
     nums = [rng.randint(1, 10 * n) for _ in range(n + 1)]
