@@ -36,12 +36,13 @@ METHODS = {
 
 
 def base_accuracy(difficulty: int, n: int, temperature: float, max_new_tokens: int, device: str) -> dict:
-    """Greedy and sampled accuracy of the base model on the first `n` test problems."""
+    """Greedy and sampled accuracy of the base model on `n` test problems."""
     task = get_task("arithmetic", difficulty=difficulty)
     resolved = resolve_model(MODEL)
     tokenizer = load_tokenizer(resolved)
     model = load_model(resolved, task="causal-lm").to(device).eval()
-    data = get_objective("grpo").encode(load_splits(task)["test"][:n], task, tokenizer, True)
+    # the problems the runs' final test accuracy is measured on (`max_eval_samples` draws them the same way)
+    data = get_objective("grpo").encode(load_splits(task, max_eval_samples=n)["test"], task, tokenizer, True)
     out = {}
     for name, temp in (("greedy", 0.0), ("sampled", temperature)):
         texts = generate(
