@@ -10,7 +10,7 @@ from sparta.errors import SpartaError
 from sparta.tasks import TaskSpec, get_task, label_words, list_tasks
 
 CLASSIFICATION = ["cola", "imdb", "mmlu", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2"]
-ALL = sorted([*CLASSIFICATION, "gsm8k", "hh-harmless"])
+ALL = sorted([*CLASSIFICATION, "arithmetic", "gsm8k", "hh-harmless"])
 DEV_SIZES = {
     "cola": 1000,
     "mnli": 10000,

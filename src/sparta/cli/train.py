@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 
 from sparta.train.config import add_train_arguments, config_from_args
-from sparta.train.loop import train
+from sparta.train.recipes import train
 
 EPILOG = """examples:
   sparta train --task sst2 --method sparta --density 0.0347 --targets v_proj,o_proj \\

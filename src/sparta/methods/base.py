@@ -48,6 +48,13 @@ class Method:
         """Extra lines for the run log (e.g. which kernel computes the gradients)."""
         return []
 
+    def weight_sync(self, model: nn.Module) -> Any:
+        """What sends this method's updates to a separate generator (`sparta.adapter.sync`): by default every
+        trainable tensor that changed, whole."""
+        from sparta.adapter.sync import TrainableSync
+
+        return TrainableSync(model)
+
     def keep_reference(self, model: nn.Module, reference: nn.Module | None = None) -> None:
         """Keep what `reference` needs of the model as it is now, before training (full: a frozen copy); a
         trained model whose reference is another model (a saved full fine-tuning run) is given it."""

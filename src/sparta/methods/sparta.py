@@ -50,6 +50,12 @@ class Sparta(Method):
     def describe(self, model: nn.Module, device: torch.device) -> list[str]:
         return [f"delta-gradient kernel: {native.status()}"] if device.type == "cpu" else []
 
+    def weight_sync(self, model: nn.Module) -> Any:
+        """The changed deltas as merged values at phi (positions known from the seed: `DeltaSync`)."""
+        from sparta.adapter.sync import DeltaSync
+
+        return DeltaSync(model)
+
     @contextlib.contextmanager
     def reference(self, model: nn.Module) -> Iterator[nn.Module]:
         """The same model with its adapter disabled: W0 at phi and the original head, restored on exit."""

@@ -12,10 +12,13 @@ from __future__ import annotations
 from sparta.errors import SpartaError
 from sparta.objectives.base import Heads, Objective
 from sparta.objectives.classification import Classification
+from sparta.objectives.grpo import GRPO, PromptEncoded
 from sparta.objectives.language_modelling import LanguageModelling, LMEncoded
 from sparta.objectives.preference import PairEncoded, Preference
 
-OBJECTIVES: dict[str, Objective] = {o.name: o for o in (Classification(), LanguageModelling(), Preference())}
+OBJECTIVES: dict[str, Objective] = {
+    o.name: o for o in (Classification(), LanguageModelling(), Preference(), GRPO())
+}
 OBJECTIVE_NAMES = tuple(OBJECTIVES)
 
 
@@ -35,12 +38,14 @@ def objective_for(task, override: str | None = None) -> Objective:
 __all__ = [
     "OBJECTIVES",
     "OBJECTIVE_NAMES",
+    "GRPO",
     "Classification",
     "Heads",
     "LMEncoded",
     "LanguageModelling",
     "Objective",
     "PairEncoded",
+    "PromptEncoded",
     "Preference",
     "get_objective",
     "objective_for",

@@ -36,6 +36,9 @@ class Objective:
     head_modules: tuple[str, ...] = ()  # trained fully by every method that has a head
     work_unit = "ex"  # what `work` counts, for the progress bar's rate ("ex_s")
     uses_reference = False  # whether evaluating needs the method's reference model (`prepare_evaluation`)
+    # the training recipe (`sparta.train.recipes.RECIPES`): "steps" (the loop over fixed examples) or "rollouts"
+    # (reinforcement learning on the model's own samples, `sparta.train.grpo`)
+    recipe = "steps"
 
     def check(self, cfg: Any) -> None:
         """Raise a SpartaError for run settings that cannot apply to this objective."""

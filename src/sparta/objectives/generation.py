@@ -89,6 +89,35 @@ def generate(
     the global random state as it was). Prompts run longest first in batches of `batch_size`; with a `streamer`
     (e.g. transformers' `TextStreamer`, which takes one sequence) they run one at a time.
     """
+    tokens = generate_tokens(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        batch_size=batch_size,
+        streamer=streamer,
+    )
+    return [tokenizer.decode(ids, skip_special_tokens=True) for ids in tokens]
+
+
+@torch.no_grad()
+def generate_tokens(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: list[list[int]],
+    *,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    batch_size: int = 8,
+    streamer: Any = None,
+) -> list[list[int]]:
+    """The new token ids of each prompt, in prompt order: up to and including the first stop token (a
+    completion without one has `max_new_tokens` tokens), no padding. Arguments as `generate`'s."""
     if not prompts:
         return []
     if any(not p for p in prompts):
@@ -97,10 +126,11 @@ def generate(
         raise SpartaError("the tokenizer has no pad token; batched generation pads with it")
     net = _unwrapped(model)
     config = generation_config(tokenizer, net, max_new_tokens, temperature, top_p)
+    stops = set(config.eos_token_id)
     device = _device(net)
     batches = [[i] for i in range(len(prompts))] if streamer is not None else None
     batches = batches or sorted_batches([len(p) for p in prompts], max(1, batch_size))
-    out: list[str] = [""] * len(prompts)
+    out: list[list[int]] = [[] for _ in prompts]
     was_training = net.training
     net.eval()
     devices = (
@@ -121,9 +151,9 @@ def generate(
                     generation_config=config,
                     streamer=streamer,
                 )[:, ids.shape[1] :]
-                texts = tokenizer.batch_decode(new.cpu(), skip_special_tokens=True)
-                for i, text in zip(idx, texts, strict=True):
-                    out[i] = text
+                for i, row in zip(idx, new.cpu().tolist(), strict=True):
+                    end = next((k + 1 for k, t in enumerate(row) if t in stops), len(row))
+                    out[i] = row[:end]
     finally:
         net.train(was_training)
     return out

@@ -263,3 +263,25 @@ def sequence_nll(
                                                  reduction="none") for s in range(0, rows.shape[0], chunk)])  # fmt: skip
     out = torch.zeros(n, dtype=torch.float32, device=rows.device)
     return out.index_add(0, segments.to(rows.device), per_row)
+
+
+def token_nll(
+    model: nn.Module, rows: torch.Tensor, targets: torch.Tensor, chunk_elements: int | None = None
+) -> torch.Tensor:
+    """Next-token NLL of each hidden row (N,) float32, with a graph where gradients are enabled. A frozen head
+    keeps one gradient row per hidden row (`_ChunkedTokenNLL`: nothing of vocabulary size); a trainable head
+    (lm_head train/sparse) keeps each chunk's logits for backward, as plain autograd does."""
+    lm = causal_lm(model)
+    head = lm.get_output_embeddings()
+    logits = logits_function(model)
+    weight = getattr(head, "weight", None)
+    vocab = getattr(head, "out_features", None) or (weight.shape[0] if weight is not None else 0)
+    chunk = chunk_rows_for(vocab or text_configs(lm)[-1].vocab_size, chunk_elements)
+    trainable = any(p.requires_grad for p in head.parameters())
+    if torch.is_grad_enabled() and rows.requires_grad and not trainable:
+        return _ChunkedTokenNLL.apply(logits, chunk, rows, targets)
+    parts = [
+        F.cross_entropy(logits(rows[s : s + chunk]), targets[s : s + chunk], reduction="none")
+        for s in range(0, rows.shape[0], chunk)
+    ]
+    return torch.cat(parts) if parts else rows.new_zeros(0, dtype=torch.float32)

@@ -60,7 +60,7 @@ def load_splits(
     for name, n in (("max_train_samples", max_train_samples), ("max_eval_samples", max_eval_samples)):
         if n is not None and n < 1:
             raise SpartaError(f"{name} must be a positive number, got {n}")
-    carved = _carved(task, data_dir)
+    carved = _carved(task, data_dir) or _generated(task)
     train, dev, test = (
         (carved["train"], carved["dev"], carved["test"]) if carved else _read_splits(task, data_dir)
     )
@@ -105,10 +105,27 @@ def _carved(task: TaskSpec, data_dir) -> dict[str, list[dict]] | None:
     return carve(read_records(path))
 
 
+def _generated(task: TaskSpec) -> dict[str, list[dict]] | None:
+    """A task generated from its seed (`sparta.tasks.arithmetic`), or None to read its splits."""
+    if task.generator is None:
+        return None
+    from sparta.tasks.arithmetic import generate_splits
+
+    sizes = {"train": task.train_cap, "dev": task.dev_size, "test": task.test_size}
+    return generate_splits(sizes, task.difficulty, task.generator_seed)
+
+
 def data_source(task: TaskSpec, data_dir=None) -> dict[str, object]:  # noqa: ANN001
     """Where a task's splits come from, for results.json: files, a carved local file, the hub, or a data dir."""
     if task.data_files:
         return {"kind": "files", "files": dict(task.data_files)}
+    if task.generator is not None:
+        return {
+            "kind": "generated",
+            "generator": f"sparta.tasks.{task.generator}",
+            "difficulty": task.difficulty,
+            "seed": task.generator_seed,
+        }
     root = resolve_data_dir(data_dir)
     if task.local_file and root is not None:
         return {"kind": "carved local file", "path": str(root / task.local_file),

@@ -15,7 +15,9 @@ from sparta.tasks.preference import PAIR_FIELDS
 YES_NO = "Respond Yes or No."
 METRICS = ("accuracy", "mcc", "f1")  # implemented in sparta.tasks.metrics
 CLASSIFICATION, LANGUAGE_MODELLING, PREFERENCE = "classification", "language-modelling", "preference"
-OBJECTIVES = (CLASSIFICATION, LANGUAGE_MODELLING, PREFERENCE)
+RL = "grpo"  # reinforcement learning from the model's own sampled answers (sparta.objectives.grpo)
+OBJECTIVES = (CLASSIFICATION, LANGUAGE_MODELLING, PREFERENCE, RL)
+GENERATORS = ("arithmetic",)  # tasks generated from a seed, without data files (sparta.tasks.arithmetic)
 LM_METRICS = ("loss", "exact_match")  # computed by the language-modelling objective
 ANSWER_PARSERS = ("gsm8k",)  # sparta.tasks.gsm8k
 # options that only mean something for classification tasks: refused for a custom language-modelling task
@@ -83,6 +85,11 @@ class TaskSpec:
     rejected_field: str = "rejected"
     hf_data_dir: str | None = None  # the hub dataset's data_dir (hh-rlhf: "harmless-base")
     local_file: str = ""  # a file under the data dir whose rows are carved into train/dev/test (hh-harmless)
+    # generated tasks only: rows made from a seed (train_cap train, dev_size dev and test_size test problems)
+    generator: str | None = None  # "arithmetic" (sparta.tasks.arithmetic)
+    difficulty: int = 2
+    generator_seed: int = 0
+    test_size: int = 500
     description: str = ""
 
 
@@ -142,6 +149,13 @@ _TASKS: dict[str, TaskSpec] = {
                  hf_path="openai/gsm8k", hf_name="main", test_splits=("test",), objective=LANGUAGE_MODELLING,
                  format=R.PROMPT_COMPLETION, prompt_field="question", completion_field="answer",
                  answer_parser="gsm8k", generation_metric=True),
+        # reinforcement learning with verifiable rewards (GRPO): integer expressions generated from a seed with a
+        # difficulty knob (sparta.tasks.arithmetic), 5,000 train / 200 dev / 500 test problems, scored on the number
+        TaskSpec("arithmetic", 0, (), "", (), (), "", metrics=("exact_match",), max_length=256, dev_size=200,
+                 train_cap=5000, test_splits=("test",), objective=RL, format=R.PROMPT_COMPLETION,
+                 prompt_field="question", completion_field="answer", answer_parser="gsm8k", generation_metric=True,
+                 generator="arithmetic",
+                 description="integer arithmetic generated from a seed (no data files); --difficulty 1..8"),
         # preference pairs (DPO): the 2,312 harmless test pairs of hh-rlhf available offline, carved 1,812 / 250 /
         # 250 (sparta.tasks.preference.carve, before any length filter); online (no data dir) Anthropic/hh-rlhf
         # harmless-base with its own train and test splits, 250 dev pairs carved from train
@@ -476,7 +490,18 @@ def _validate(spec: TaskSpec) -> TaskSpec:
         if spec.num_labels or spec.label_names:
             raise SpartaError(f"task {spec.name!r} has labels; a preference task has pairs of replies")
     else:
-        (_validate_lm if spec.objective == LANGUAGE_MODELLING else _validate_labels)(spec)
+        (_validate_lm if spec.objective in (LANGUAGE_MODELLING, RL) else _validate_labels)(spec)
+    if spec.generator not in (None, *GENERATORS):
+        raise SpartaError(f"task {spec.name!r}: generator must be one of {', '.join(GENERATORS)} or None")
+    if spec.generator is not None:
+        from sparta.tasks.arithmetic import check_difficulty
+
+        check_difficulty(spec.difficulty)
+    elif spec.difficulty != TaskSpec.difficulty:
+        raise SpartaError(
+            f"--difficulty sets a generated task's difficulty (arithmetic); {spec.name!r} is read "
+            "from data: leave it unset"
+        )
     if spec.dev_from not in ("train", "test"):
         raise SpartaError(f"task {spec.name!r}: dev_from must be 'train' or 'test', got {spec.dev_from!r}")
     if spec.max_length < 1 or spec.dev_size < 1 or spec.train_cap < 1:
@@ -510,7 +535,7 @@ def _validate_lm(spec: TaskSpec) -> None:
         raise SpartaError(
             f"task {spec.name!r}: format must be one of {', '.join(R.FORMATS)}, got {spec.format!r}"
         )
-    if "loss" not in spec.metrics or set(spec.metrics) - set(LM_METRICS):
+    if ("loss" not in spec.metrics and spec.objective != RL) or set(spec.metrics) - set(LM_METRICS):
         raise SpartaError(
             f"task {spec.name!r}: metrics {list(spec.metrics)} must include loss and be among {', '.join(LM_METRICS)}"
         )

@@ -2,6 +2,6 @@
 dataclass (`TrainConfig`) whose fields are also the CLI flags and YAML keys."""
 
 from sparta.train.config import METHODS, TrainConfig, load_yaml
-from sparta.train.loop import train
+from sparta.train.recipes import train
 
 __all__ = ["METHODS", "TrainConfig", "load_yaml", "train"]

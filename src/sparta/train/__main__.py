@@ -13,7 +13,7 @@ import sys
 from sparta.console import configure_logging
 from sparta.errors import SpartaError
 from sparta.train.config import TrainConfig, load_yaml
-from sparta.train.loop import train
+from sparta.train.recipes import train
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,7 @@ from sparta.errors import SpartaError
 from sparta.methods import METHOD_NAMES, get_method
 from sparta.methods.base import targets_of
 from sparta.objectives import OBJECTIVE_NAMES
+from sparta.objectives.grpo import GRPO_LOSSES
 from sparta.objectives.language_modelling import LM_HEAD, LOSS_ON
 from sparta.objectives.preference import DPO_LOSSES
 from sparta.precision import normalise as normalise_precision
@@ -40,6 +41,7 @@ GROUPS = {
     "data": "data",
     "method": "method",
     "optim": "optimisation",
+    "rl": "reinforcement learning (--objective grpo, --task arithmetic)",
     "runtime": "runtime",
 }
 
@@ -128,6 +130,11 @@ class TrainConfig:
     )
     keep_calculator: bool = option(
         False, group="task", const=True, help="gsm8k: keep the <<...>> calculator annotations in the answers"
+    )
+    difficulty: int | None = option(
+        None,
+        group="task",
+        help="arithmetic: operations per problem, 1..8 (default 2; sparta.tasks.arithmetic)",
     )
     # data
     max_train_samples: int | None = option(None, group="data", help="cap on training examples")
@@ -240,6 +247,38 @@ class TrainConfig:
         help="preference: compute the reference log-probs of every pair once before training and store them with "
         "the run (OUTPUT/reference_logps.safetensors; reused on resume)",
     )
+    num_generations: int = option(
+        8, group="rl", help="completions sampled per prompt (the group whose rewards give the advantages)"
+    )
+    num_iterations: int = option(
+        1,
+        group="rl",
+        help="optimizer steps on each rollout batch (>1: PPO-style reuse with the clipped ratio)",
+    )
+    epsilon: float = option(0.2, group="rl", help="clipping range of the probability ratio")
+    kl_coef: float = option(
+        0.0,
+        group="rl",
+        help="weight of the per-token KL to the reference (the disabled adapter); 0: no KL term",
+    )
+    grpo_loss: str = option(
+        "grpo",
+        group="rl",
+        choices=GRPO_LOSSES,
+        help="grpo: advantages scaled by the group std, token-level mean; dr-grpo: no std, a constant divisor",
+    )
+    rewards: list[str] = option(
+        group="rl",
+        default_factory=lambda: ["exact"],
+        help="comma-separated rewards NAME[=WEIGHT] or MODULE:FUNCTION[=WEIGHT] (built-ins: exact, format, "
+        "length; sparta.objectives.rewards)",
+    )
+    temperature: float = option(
+        0.7,
+        group="rl",
+        help="sampling temperature of the rollouts (0.7: SmolLM2-135M is rarely right at 1.0)",
+    )
+    top_p: float = option(1.0, group="rl", help="nucleus sampling of the rollouts (1: off)")
     init_from: str | None = option(
         None,
         metavar="RUN",
@@ -341,6 +380,10 @@ class TrainConfig:
             (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
             (self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
             (self.beta > 0, f"beta must be > 0, got {self.beta}"),
+            (self.num_iterations >= 1, f"num_iterations must be >= 1, got {self.num_iterations}"),
+            (self.epsilon > 0, f"epsilon must be > 0, got {self.epsilon}"),
+            (self.kl_coef >= 0, f"kl_coef must be >= 0, got {self.kl_coef}"),
+            (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
             (
                 0 <= self.label_smoothing < 0.5,
                 f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}",

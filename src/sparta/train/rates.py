@@ -24,7 +24,8 @@ linear schedule with 10% warmup, batch 16, max grad norm 1, 1 epoch of 1,000-2,0
 
 *Conventional* rates (nothing measured here; for the language-modelling (SFT) objective and the preference
 (DPO) objective to come): SFT 2e-5 full (Alpaca, Zephyr's SFT recipe), 2e-4 LoRA/DoRA (the QLoRA paper for models up to 13B);
-DPO 5e-7 full and 5e-6 LoRA/DoRA (the alignment-handbook Zephyr-7B recipes). SpaRTA takes LoRA's rate there:
+DPO 5e-7 full and 5e-6 LoRA/DoRA (the alignment-handbook Zephyr-7B recipes); GRPO 1e-6 full (TRL's GRPOConfig
+default) and 1e-5 LoRA/DoRA. SpaRTA takes LoRA's rate there:
 on classification its measured best matched LoRA's.
 
 All measured figures are for a 135M-parameter model: larger models want smaller rates (the paper's gemma-2b and
@@ -42,7 +43,7 @@ from sparta.errors import SpartaError
 if TYPE_CHECKING:
     from sparta.train.config import TrainConfig
 
-OBJECTIVES = ("classification", "language-modelling", "preference")
+OBJECTIVES = ("classification", "language-modelling", "preference", "grpo")
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,12 @@ TABLE: dict[str, dict[str, tuple[Rate, ...]]] = {
         "lora": (Rate(5e-6, "convention: alignment-handbook Zephyr-7B QLoRA DPO"),),
         "dora": (Rate(5e-6, "convention: LoRA's DPO rate"),),
         "full": (Rate(5e-7, "convention: alignment-handbook Zephyr-7B full DPO"),),
+    },
+    "grpo": {
+        "sparta": (Rate(1e-5, "convention: LoRA's GRPO rate (SpaRTA GRPO not measured)"),),
+        "lora": (Rate(1e-5, "convention: TRL GRPO LoRA examples"),),
+        "dora": (Rate(1e-5, "convention: LoRA's GRPO rate"),),
+        "full": (Rate(1e-6, "convention: TRL GRPOConfig's default"),),
     },
 }
 

@@ -68,6 +68,7 @@ def task_args(cfg: TrainConfig) -> dict[str, Any]:
         "allow_rare_labels": cfg.allow_rare_labels or None,
         "keep_calculator": cfg.keep_calculator or None,
         **{k: getattr(cfg, k) for k in COLUMN_OPTIONS},  # config fields named as the TaskSpec's
+        "difficulty": cfg.difficulty,
     }
     args: dict[str, Any] = {"name": cfg.task, **{k: v for k, v in overrides.items() if v is not None}}
     if files:
