@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import GenerationConfig
+from transformers import GenerationConfig, StoppingCriteriaList
 
 from sparta.errors import SpartaError
 from sparta.objectives.batching import collate, sorted_batches
@@ -107,7 +107,7 @@ def generate_batch(
         attention_mask=batch["attention_mask"].to(ids.device),
         generation_config=config,
         streamer=streamer,
-        stopping_criteria=stopping_criteria,
+        stopping_criteria=StoppingCriteriaList(stopping_criteria or []),
     )[:, ids.shape[1] :]
 
 
