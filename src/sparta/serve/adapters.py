@@ -135,10 +135,14 @@ class AdapterPool:
             raise NotAllowed(
                 "loading adapters at runtime is off; start the server with --adapter-root DIR to allow it"
             )
+        inside = False
         for root in self.allowed:
             candidate = (root / path).resolve()
+            inside = inside or candidate.is_relative_to(root)
             if candidate.is_relative_to(root) and candidate.exists():
                 return candidate
+        if inside:
+            raise SpartaError(f"there is no run directory {path!r} in the allowed adapter folders")
         raise NotAllowed(
             f"{path!r} is not inside an allowed adapter folder ({', '.join(map(str, self.allowed))})"
         )
