@@ -114,24 +114,29 @@ def _sampling(body: _Request, asked: int | None, prompt_tokens: int, context: in
     return Sampling(max_tokens, body.temperature, body.top_p, body.seed, body.stops())
 
 
+async def _hung_up(request: Request) -> None:
+    """Returns when the client closes the connection (its body already read, the server sends nothing else)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 async def _result(job: Job, request: Request) -> Result:
     """Wait for the job's answer; a client that hangs up cancels it."""
-    getter = asyncio.ensure_future(job.events.get())
+    watcher = asyncio.ensure_future(_hung_up(request))
     try:
         while True:
-            done, _ = await asyncio.wait({getter}, timeout=0.5)
-            if not done:
-                if await request.is_disconnected():
-                    raise ApiError(499, "the client closed the connection")
-                continue
+            getter = asyncio.ensure_future(job.events.get())
+            await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                raise ApiError(499, "the client closed the connection")
             kind, value = getter.result()
             if kind == "done":
                 return value
             if kind == "error":
                 raise value
-            getter = asyncio.ensure_future(job.events.get())
     finally:
-        getter.cancel()
+        watcher.cancel()
         job.cancel()  # nothing once it has finished
 
 
@@ -263,6 +268,7 @@ def create_app(
             "models": pool.names,
             "queued": scheduler.queued,
             "batches": scheduler.batches,
+            "cancelled": scheduler.cancelled,
         }
 
     @app.get("/v1/models", dependencies=auth)

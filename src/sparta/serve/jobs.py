@@ -82,10 +82,11 @@ class _Row:
         self.tokens: list[int] = []
         self.sent = ""
         self.done = False
+        self.cancelled = False
 
     def step(self, token: int) -> None:
         if self.job.cancelled.is_set():
-            self.done = True  # no one to tell
+            self.done = self.cancelled = True  # no one to tell
             return
         self.tokens.append(token)
         text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
@@ -130,6 +131,11 @@ class Rows(StoppingCriteria):
             if not row.done:
                 row.step(token)
         return torch.tensor([row.done for row in self.rows], dtype=torch.bool, device=input_ids.device)
+
+    @property
+    def cancelled(self) -> int:
+        """How many rows ended because their client hung up."""
+        return sum(row.cancelled for row in self.rows)
 
     def finish(self) -> None:
         """End the rows `generate` left running (it stopped at its own length limit)."""

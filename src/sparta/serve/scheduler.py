@@ -46,6 +46,7 @@ class Scheduler:
         self._closed = False
         self._ready = threading.Condition()
         self.batches = 0  # batches run so far (for /health)
+        self.cancelled = 0  # requests whose client hung up before their answer was done
         self._worker = threading.Thread(target=self._run, name="sparta-serve-worker", daemon=True)
         self._worker.start()
 
@@ -84,6 +85,7 @@ class Scheduler:
                     for job in [j for j in jobs if j.cancelled.is_set()]:
                         jobs.remove(job)
                         self._count -= 1
+                        self.cancelled += 1
                 heads = [jobs[0] for jobs in self._waiting.values() if jobs]
                 if heads or self._closed:
                     break
@@ -123,3 +125,4 @@ class Scheduler:
             with view.autocast(), seeded(view.device, sampling.seed):
                 generate_batch(model, tokenizer, [job.ids for job in batch], config, stopping_criteria=[rows])
             rows.finish()
+        self.cancelled += rows.cancelled
