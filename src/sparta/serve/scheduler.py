@@ -18,10 +18,13 @@ import logging
 import threading
 from collections import deque
 
+from transformers import GenerationConfig
+
 from sparta.errors import SpartaError
-from sparta.objectives.generation import generate_batch, generation_config, seeded, stop_token_ids
+from sparta.objectives.generation import generate_batch, generation_config, seeded
+from sparta.runs import Loaded
 from sparta.serve.adapters import AdapterPool
-from sparta.serve.jobs import Job, Rows
+from sparta.serve.jobs import Job, Rows, Sampling
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,7 @@ class Scheduler:
         self._ready = threading.Condition()
         self.batches = 0  # batches run so far (for /health)
         self.cancelled = 0  # requests whose client hung up before their answer was done
+        self._configs: dict[tuple, tuple[Loaded, GenerationConfig]] = {}
         self._worker = threading.Thread(target=self._run, name="sparta-serve-worker", daemon=True)
         self._worker.start()
 
@@ -118,11 +122,24 @@ class Scheduler:
     def _generate(self, batch: list[Job]) -> None:
         sampling = batch[0].sampling
         with self.pool.use(batch[0].model) as view:
-            tokenizer, model = view.tokenizer, view.model
             longest = max(job.sampling.max_tokens for job in batch)
-            config = generation_config(tokenizer, model, longest, sampling.temperature, sampling.top_p)
-            rows = Rows(batch, tokenizer, stop_token_ids(tokenizer, model))
+            config = self._config(batch[0].model, view, longest, sampling)
+            rows = Rows(batch, view.tokenizer, config.eos_token_id)
             with view.autocast(), seeded(view.device, sampling.seed):
-                generate_batch(model, tokenizer, [job.ids for job in batch], config, stopping_criteria=[rows])
+                generate_batch(
+                    view.model, view.tokenizer, [j.ids for j in batch], config, stopping_criteria=[rows]
+                )
             rows.finish()
         self.cancelled += rows.cancelled
+
+    def _config(self, name: str, view: Loaded, longest: int, sampling: Sampling) -> GenerationConfig:
+        """The batch's generation config, kept per model and settings (finding the stop tokens reads the whole
+        vocabulary: milliseconds a batch otherwise)."""
+        key = (name, longest, sampling.temperature, sampling.top_p)
+        found = self._configs.get(key)
+        if found is None or found[0] is not view:  # an adapter unloaded and loaded again is a new view
+            config = generation_config(
+                view.tokenizer, view.model, longest, sampling.temperature, sampling.top_p
+            )
+            found = self._configs[key] = (view, config)
+        return found[1]
