@@ -17,7 +17,7 @@ LAYERS = [
     ("objectives",),
     ("methods",),
     ("runs",),
-    ("train", "analysis"),
+    ("train", "analysis", "serve"),
     ("merging",),
     ("experiments",),
     ("cli", "demo"),

@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "predict",
     "generate",
     "chat",
+    "serve",
     "merge",
     "export",
     "memory",

@@ -11,11 +11,13 @@ padding it got. Generation stops at the tokenizer's EOS and at the chat format's
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import GenerationConfig
+from transformers import GenerationConfig, StoppingCriteriaList
 
 from sparta.errors import SpartaError
 from sparta.objectives.batching import collate, sorted_batches
@@ -70,6 +72,45 @@ def generation_config(
     )
 
 
+@contextlib.contextmanager
+def seeded(device: torch.device, seed: int | None) -> Iterator[None]:
+    """Sampling inside draws from `seed` when given, leaving the global random state as it was; else as it is."""
+    devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()]
+        if device.type == "cuda"
+        else []
+    )
+    with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
+
+
+@torch.no_grad()
+def generate_batch(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: list[list[int]],
+    config: GenerationConfig,
+    *,
+    streamer: Any = None,
+    stopping_criteria: list | None = None,
+) -> torch.Tensor:
+    """The new token ids (rows in prompt order, padded with the pad id after a row stops) of one batch of prompts,
+    left-padded and generated together; `stopping_criteria` (transformers' `StoppingCriteria`) may end rows
+    early. The model must be in eval mode."""
+    net = _unwrapped(model)
+    batch = collate(prompts, tokenizer.pad_token_id, "left")
+    ids = batch["input_ids"].to(_device(net))
+    return net.generate(
+        input_ids=ids,
+        attention_mask=batch["attention_mask"].to(ids.device),
+        generation_config=config,
+        streamer=streamer,
+        stopping_criteria=StoppingCriteriaList(stopping_criteria or []),
+    )[:, ids.shape[1] :]
+
+
 @torch.no_grad()
 def generate(
     model: nn.Module,
@@ -120,40 +161,30 @@ def generate_tokens(
     completion without one has `max_new_tokens` tokens), no padding. Arguments as `generate`'s."""
     if not prompts:
         return []
-    if any(not p for p in prompts):
-        raise SpartaError("cannot generate from an empty prompt")
-    if tokenizer.pad_token_id is None:
-        raise SpartaError("the tokenizer has no pad token; batched generation pads with it")
+    check_prompts(prompts, tokenizer)
     net = _unwrapped(model)
     config = generation_config(tokenizer, net, max_new_tokens, temperature, top_p)
     stops = set(config.eos_token_id)
-    device = _device(net)
     batches = [[i] for i in range(len(prompts))] if streamer is not None else None
     batches = batches or sorted_batches([len(p) for p in prompts], max(1, batch_size))
     out: list[list[int]] = [[] for _ in prompts]
     was_training = net.training
     net.eval()
-    devices = (
-        [device.index if device.index is not None else torch.cuda.current_device()]
-        if device.type == "cuda"
-        else []
-    )
     try:
-        with torch.random.fork_rng(devices=devices, enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
+        with seeded(_device(net), seed):
             for idx in batches:
-                batch = collate([prompts[i] for i in idx], tokenizer.pad_token_id, "left")
-                ids = batch["input_ids"].to(device)
-                new = net.generate(
-                    input_ids=ids,
-                    attention_mask=batch["attention_mask"].to(device),
-                    generation_config=config,
-                    streamer=streamer,
-                )[:, ids.shape[1] :]
+                new = generate_batch(net, tokenizer, [prompts[i] for i in idx], config, streamer=streamer)
                 for i, row in zip(idx, new.cpu().tolist(), strict=True):
                     end = next((k + 1 for k, t in enumerate(row) if t in stops), len(row))
                     out[i] = row[:end]
     finally:
         net.train(was_training)
     return out
+
+
+def check_prompts(prompts: list[list[int]], tokenizer: Any) -> None:
+    """A SpartaError if a prompt is empty or the tokenizer cannot pad a batch."""
+    if any(not p for p in prompts):
+        raise SpartaError("cannot generate from an empty prompt")
+    if tokenizer.pad_token_id is None:
+        raise SpartaError("the tokenizer has no pad token; batched generation pads with it")

@@ -7,7 +7,7 @@ from sparta.runs.causal import untie_lm_head
 from sparta.runs.export import export_run
 from sparta.runs.generation import check_messages, generate_texts, read_prompts, trim_history
 from sparta.runs.inference import evaluate, examples_from_texts, predict, predict_tasks, prompt_groups
-from sparta.runs.loaded import Loaded, TaskHead, open_model
+from sparta.runs.loaded import Loaded, TaskHead, open_model, view_of_run
 from sparta.runs.multihead import MultiHeadModel, pool_last, read_merged
 
 __all__ = [
@@ -28,4 +28,5 @@ __all__ = [
     "read_prompts",
     "trim_history",
     "untie_lm_head",
+    "view_of_run",
 ]

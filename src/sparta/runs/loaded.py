@@ -43,6 +43,7 @@ from sparta.runs.causal import (
     has_trained_head,
     open_causal_dir,
     open_causal_run,
+    with_pad_token,
 )
 from sparta.runs.layout import (
     ADAPTER_CONFIG,
@@ -260,16 +261,54 @@ def _open_causal(path, kind: str, info: dict, spec: TaskSpec | None, objective, 
     else:
         model, tokenizer, found = open_causal_dir(str(path), dtype)
         instruct = bool(info.get("instruct", found))
+    model.to(dev).eval()
+    loaded_kind = "run" if kind == "run" else "model" if info else "base"
+    return _causal_loaded(loaded_kind, model, tokenizer, info, spec, instruct, dev, objective)
+
+
+def _causal_loaded(
+    kind: str,
+    model: nn.Module,
+    tokenizer: Any,
+    info: dict,
+    spec: TaskSpec | None,
+    instruct: bool,
+    dev,
+    objective,
+) -> Loaded:
     side = info.get("padding_side", "right")
     tokenizer.padding_side = side
-    model.to(dev).eval()
     heads = {}
     if spec is not None:
         heads[spec.name] = TaskHead(
             spec.name, spec, instruct, info.get("template"), side, info.get("seed", 0)
         )
-    loaded_kind = "run" if kind == "run" else "model" if info else "base"
-    return Loaded(loaded_kind, model, tokenizer, heads, {**info, "instruct": instruct}, dev, objective)
+    return Loaded(kind, model, tokenizer, heads, {**info, "instruct": instruct}, dev, objective)
+
+
+def view_of_run(
+    run_dir: str | Path, model: nn.Module, device: torch.device, precision: str | None = None
+) -> Loaded:
+    """The `Loaded` of an SFT run around a `model` already in memory (the run's tokenizer, task, chat format and
+    precision; its weights not read): how a server holding one base model and many adapters of it renders each
+    adapter's prompts exactly as `open_model(run_dir)` would. The caller makes the run's adapter live."""
+    run_dir = Path(run_dir)
+    if kind_of(run_dir) != "run":
+        raise SpartaError(
+            f"{run_dir} is not a training run (no {RUN_FILE} with an {ADAPTER_DIR}/ or {MODEL_DIR}/)"
+        )
+    info = read_json(run_dir / RUN_FILE)
+    _check_objective(run_dir, info.get("objective", "classification"), LANGUAGE_MODELLING)
+    if not (run_dir / TOKENIZER_DIR).is_dir():
+        raise SpartaError(f"{run_dir} has no {TOKENIZER_DIR}/ folder; is it a finished training run?")
+    tokenizer = with_pad_token(AutoTokenizer.from_pretrained(str(run_dir / TOKENIZER_DIR)))
+    spec = _task_from(info, None) if info.get("task") else None
+    objective = get_objective(LANGUAGE_MODELLING)
+    loaded = _causal_loaded(
+        "run", model, tokenizer, info, spec, bool(info.get("instruct")), device, objective
+    )
+    loaded.precision = resolve_precision(precision or info.get("precision"), device)
+    return loaded
 
 
 def _task_from(info: dict[str, Any], task: str | None) -> TaskSpec:
