@@ -85,10 +85,9 @@ def results_document(cfg, s: Setup, net, opt: Any, metrics, zero_shot, restored,
         "peak_memory_mb": peak_memory_mb(s.device),
         "train_seconds": prog.train_seconds,
         "train_examples_per_s": prog.seen / prog.train_seconds if prog.train_seconds else None,
-        # the objective's work units (examples, pairs, or input tokens of language modelling) per second
-        f"train_{s.objective.work_unit}_per_s": prog.work / prog.train_seconds
-        if prog.train_seconds
-        else None,
+        # the objective's work units per second: examples, pairs, or the input tokens of language modelling
+        "train_work_per_s": prog.work / prog.train_seconds if prog.train_seconds else None,
+        "work_unit": s.objective.work_unit,
         "adapter_bytes": dir_bytes(adapter_path) if rt.is_main else None,
         "adapter_path": str(adapter_path),
         "steps": prog.step,

@@ -20,5 +20,5 @@ RECIPES: dict[str, Callable[..., dict[str, Any]]] = {"steps": loop.train, "rollo
 
 def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Run `cfg` with its objective's recipe; returns the results dict (see `loop.train`, `grpo.train`)."""
-    _, _, objective = choose_task(cfg)
+    _, _, objective = choose_task(cfg, quiet=True)  # (the recipe logs its choice after the process count)
     return RECIPES[objective.recipe](cfg, on_step)

@@ -78,18 +78,20 @@ def task_args(cfg: TrainConfig) -> dict[str, Any]:
     return args
 
 
-def choose_task(cfg: TrainConfig) -> tuple[dict[str, Any], Any, Objective]:
+def choose_task(cfg: TrainConfig, quiet: bool = False) -> tuple[dict[str, Any], Any, Objective]:
     """(task arguments, task, objective): the run's --objective, else the task's (a custom task's told from its
-    training file's columns, logged and written into the task arguments); its settings checked."""
+    training file's columns, logged unless `quiet` and written into the task arguments); its settings checked."""
     targs = task_args(cfg)
     task = build_task(targs)
     if "data_files" in targs and "objective" not in targs:
         targs["objective"] = task.objective
         fmt = f", format {task.format}" if task.objective == LANGUAGE_MODELLING else ""
-        logger.info(
-            f"objective {task.objective}{fmt}: told from the columns {', '.join(map(repr, read_columns(task)))} "
-            f"of {targs['data_files']['train']}; --objective sets another"
-        )
+        if not quiet:
+            logger.info(
+                f"objective {task.objective}{fmt}: told from the columns "
+                f"{', '.join(map(repr, read_columns(task)))} of {targs['data_files']['train']}; --objective sets "
+                "another"
+            )
     objective = objective_for(task, cfg.objective)
     objective.check(cfg)
     return targs, task, objective
