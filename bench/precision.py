@@ -12,7 +12,8 @@ backward, AdamW and zero_grad. The "floor" is the frozen model whose embeddings'
 and a backward through every block, no weight gradient: what any adapter inside the blocks must pay at least.
 
 Peak memory is per (shape, method, precision), each in a fresh process (`--one`): the peak RSS over 3 steps
-minus the RSS before the first step (the model and optimizer are already there), i.e. what the step adds.
+minus the RSS before the first step (the model and optimizer are already there; the high-water mark is reset
+there), i.e. what the steps add: activations, gradients and the optimizer state AdamW creates at its first step.
 Evaluation is a no-grad forward of the SFT batch (tokens/s); generation is greedy decoding of 48 new tokens for
 8 prompts (new tokens/s). Writes precision.md and precision.json under --out.
 """
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -142,17 +142,19 @@ def ratio(times: dict, a: str, b: str) -> dict:
 
 
 def one(shape: str, method: str, precision: str) -> dict:
-    """Peak RSS added by 3 steps of one cell (run in a fresh process)."""
+    """Peak RSS added by 3 steps of one cell (run in a fresh process): the high-water mark is reset to the current
+    RSS once the model and optimizer are built (Linux: `clear_refs`), so loading does not count."""
     net, objective, data, optimizer = build(shape, method)
-    before = _rss_mb()
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _status_mb("VmRSS")
     seconds = [step(net, objective, data, optimizer, precision) for _ in range(3)]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _status_mb("VmHWM")
     return {"rss_before_mb": before, "peak_rss_mb": peak, "step_added_mb": peak - before, "seconds": seconds}
 
 
-def _rss_mb() -> float:
+def _status_mb(key: str) -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{key}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
