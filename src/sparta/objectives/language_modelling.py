@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from sparta.errors import SpartaError
-from sparta.objectives.base import Heads, Objective
+from sparta.objectives.base import Heads, Objective, Rate
 from sparta.objectives.batching import collate, sorted_batches
 from sparta.objectives.generation import generate
 from sparta.objectives.lm_head import chunked_nll, forward_hidden, output_module_name, untie_lm_head
@@ -188,6 +188,12 @@ class LanguageModelling(Objective):
     peft_task_type = "CAUSAL_LM"
     head_modules = ()  # no classification head; the LM head is the `lm_head` setting's (see `heads`)
     work_unit = "tok"
+    rates = {  # conventional (nothing measured here), see sparta.train.rates
+        "sparta": (Rate(2e-4, "convention: LoRA's SFT rate (SpaRTA SFT not measured)"),),
+        "lora": (Rate(2e-4, "convention: QLoRA paper, models up to 13B"),),
+        "dora": (Rate(2e-4, "convention: LoRA's SFT rate"),),
+        "full": (Rate(2e-5, "convention: Alpaca / Zephyr full SFT"),),
+    }
 
     encode = staticmethod(encode_split)
     batch_loss = staticmethod(batch_loss)
@@ -218,16 +224,13 @@ class LanguageModelling(Objective):
         return {"kind": "none"}
 
     def check(self, cfg: Any) -> None:
-        if cfg.method == "head":
-            raise SpartaError("the head method trains a classification head, which language-modelling tasks do "
-                              "not have: use --method sparta, lora, dora or full")  # fmt: skip
-        if cfg.lm_head == "sparse" and cfg.method != "sparta":
-            raise SpartaError(f"--lm-head sparse adapts the LM head with SpaRTA; with --method {cfg.method} use "
-                              "--lm-head frozen or train")  # fmt: skip
         if cfg.template is not None:
             raise SpartaError(
                 "--template formats classification inputs; leave it unset for language modelling"
             )
+
+    def sparse_heads(self, cfg: Any) -> str | None:
+        return "--lm-head sparse" if getattr(cfg, "lm_head", "frozen") == "sparse" else None
 
     def heads(self, model: nn.Module, cfg: Any) -> Heads:
         """lm_head "frozen": none; "train": the LM head trains fully; "sparse": it is one more SpaRTA target.
