@@ -56,12 +56,7 @@ def test_an_sft_run_writes_what_a_classification_run_writes(sft_config, toy_conf
     with caplog.at_level(logging.INFO, logger="sparta"):
         sft = train(sft_config(method="lora", lm_head="train"))
     classification = train(toy_config(max_steps=2, output=str(tmp_path / "cls")))
-    # the same fields, but the work rate: tokens per second for SFT, examples per second for classification
-    assert (
-        set(sft) - {"train_tok_per_s"} == set(classification) - {"train_ex_per_s"}
-        and sft["train_tok_per_s"] > 0
-    )
-    assert sft["objective"] == "language-modelling"
+    assert set(sft) == set(classification) and sft["objective"] == "language-modelling"
     assert set(sft["metrics"]) == {"dev", "test"} and set(sft["metrics"]["test"]) == {"loss"}
     assert set(sft["zero_shot"]["dev"]) == {"loss"} and sft["head_init"] == {"kind": "none"}
     assert sft["history"][-1]["train_loss"] < sft["history"][0]["train_loss"]
