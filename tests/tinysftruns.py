@@ -12,24 +12,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sparta import SpartaConfig, get_sparta_model
-from sparta.objectives import OBJECTIVES
 from sparta.runs import untie_lm_head
-
-
-class StandInLanguageModelling:
-    """The attributes of `sparta.objectives.language_modelling.LanguageModelling` that opening and generating
-    read, for a checkout where that objective is not registered yet (registered by `lm_objective`)."""
-
-    name = "language-modelling"
-    model_kind = "causal-lm"
-    peft_task_type = "CAUSAL_LM"
-    head_modules = ()
-
-
-def lm_objective(monkeypatch) -> None:
-    """Make sure OBJECTIVES has "language-modelling" (the real one when present)."""
-    if "language-modelling" not in OBJECTIVES:
-        monkeypatch.setitem(OBJECTIVES, "language-modelling", StandInLanguageModelling())
 
 
 def run_info(base: Path, method: str, lm_head: str = "frozen", task: dict | None = None, **kw) -> dict:

@@ -12,17 +12,12 @@ import torch
 
 from sparta.cli import main
 from sparta.runs import generate_texts, open_model
-from tinysftruns import lm_objective, write_sft_run
+from tinysftruns import write_sft_run
 
 torch.set_num_threads(1)
 
 PROMPTS = ["the movie was good", "a very bad plot"]
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "v1"
-
-
-@pytest.fixture(autouse=True)
-def _objective(monkeypatch):
-    lm_objective(monkeypatch)
 
 
 @pytest.fixture(scope="module")

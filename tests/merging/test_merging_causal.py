@@ -16,16 +16,11 @@ from sparta.adapter import iter_dense_deltas
 from sparta.adapter.io import read_heads, read_sparse_deltas
 from sparta.merging import Strategy, merge_adapters, merge_sparse, refit_heads
 from sparta.runs import generate_texts, open_model
-from tinysftruns import lm_objective, write_sft_run
+from tinysftruns import write_sft_run
 
 torch.set_num_threads(1)
 
 PROMPTS = ["the movie was good", "a very bad plot", "music"]
-
-
-@pytest.fixture(autouse=True)
-def _objective(monkeypatch):
-    lm_objective(monkeypatch)
 
 
 @pytest.fixture(scope="module")

@@ -118,8 +118,8 @@ def test_max_eval_samples_caps_the_dev_sets(runs, tmp_path):
     assert len(doc["tuning"]["candidates"]) == 1 and doc["tuning"]["max_eval_samples"] == 8
 
 
-def test_bad_grids_and_adapters_are_clear_errors_before_anything_is_written(runs, tmp_path, monkeypatch):
-    from tinysftruns import lm_objective, write_sft_run
+def test_bad_grids_and_adapters_are_clear_errors_before_anything_is_written(runs, tmp_path):
+    from tinysftruns import write_sft_run
 
     pair, out = [runs["sentiment"], runs["topic"]], tmp_path / "m"
     cases = [
@@ -135,7 +135,6 @@ def test_bad_grids_and_adapters_are_clear_errors_before_anything_is_written(runs
     bare = bare_adapter(tmp_path / "bare", runs["base"], seed=4)
     with pytest.raises(SpartaError, match="needs training dirs"):
         tune_merge([runs["sentiment"], bare], out, device="cpu")
-    lm_objective(monkeypatch)
     sft = write_sft_run(tmp_path / "sft", save_model_dir(tmp_path / "lm", chat=True, tied=False))
     with pytest.raises(SpartaError, match="language-modelling"):
         tune_merge([sft, sft], out, device="cpu")

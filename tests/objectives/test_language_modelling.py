@@ -3,7 +3,6 @@ and family, the LM head never holds a (tokens x vocabulary) tensor, evaluation a
 
 from __future__ import annotations
 
-import sys
 from types import SimpleNamespace
 
 import pytest
@@ -14,15 +13,17 @@ from sparta.methods import get_method
 from sparta.objectives import LanguageModelling, objective_for
 from sparta.objectives import lm_head as LH
 from sparta.objectives.batching import collate
+from sparta.objectives.generation import generate
+from sparta.tasks import exact_match
 from tinylm import make_tokenizer
 from tinysft import (
     FAMILIES,
-    ToySFTTask,
-    chat_module,
-    greedy_generation_module,
     random_lm_data,
     tiny_lm,
     toy_sft_examples,
+    toy_sft_task,
+    write_jsonl,
+    write_toy_sft_files,
 )
 
 LM = LanguageModelling()
@@ -204,25 +205,30 @@ def test_sparta_refuses_a_tied_head():
     assert all(torch.equal(p, before[n]) and p.requires_grad for n, p in model.named_parameters())
 
 
-def test_objective_registry_and_attributes():
-    lm = objective_for(ToySFTTask())
+@pytest.fixture(scope="module")
+def toy_task(tmp_path_factory):
+    """The toy prompt/completion task as a custom language-modelling task, scored by exact match."""
+    return toy_sft_task(write_toy_sft_files(tmp_path_factory.mktemp("toy-sft")), generation_metric=True)
+
+
+def test_objective_registry_and_attributes(toy_task):
+    lm = objective_for(toy_task)
     assert lm is objective_for(SimpleNamespace(), "language-modelling")
     assert (lm.name, lm.model_kind, lm.peft_task_type, lm.head_modules) == (
         "language-modelling", "causal-lm", "CAUSAL_LM", ())  # fmt: skip
     assert lm.init_head(None, None, None, True, None, None, 0) == {"kind": "none"}
-    assert lm.metric_names(ToySFTTask()) == ["exact_match"]
+    assert lm.metric_names(toy_task) == ["exact_match"]
     assert objective_for(SimpleNamespace()).name == "classification"
 
 
-# -- encoding ----------------------------------------------------------------------------------------------------
+# -- encoding: the real chat format (tinylm.py's ChatML template) -------------------------------------------------
 @pytest.fixture
-def chat(monkeypatch):
-    monkeypatch.setitem(sys.modules, "sparta.tasks.chat", chat_module())
+def chat():
     return make_tokenizer(chat=True)
 
 
-def test_encode_masks_drops_and_keeps(chat):
-    task, examples = ToySFTTask(), toy_sft_examples(12, seed=7)
+def test_encode_masks_drops_and_keeps(chat, toy_task):
+    task, examples = toy_task, toy_sft_examples(12, seed=7)
     whole = LM.encode(examples, task, chat, True)
     lengths = whole.lengths
     limit = sorted(lengths)[6]
@@ -232,7 +238,11 @@ def test_encode_masks_drops_and_keeps(chat):
     assert dev.input_ids == whole.input_ids and dev.dropped == 0  # dev/test are never cut
     # the assistant's answer ("Yes ." / "No .") and its end-of-turn token carry the loss
     assert whole.targets == [3] * 12 and LM.units(whole, [0, 1, 2]) == 9
+    first = chat.convert_ids_to_tokens(whole.input_ids[0])
+    assert [t for t, m in zip(first, whole.loss_mask[0], strict=True) if m] == [
+        *examples[0]["completion"].split(), "<|im_end|>"]  # fmt: skip
     assert whole.prompts[0] == whole.input_ids[0][: len(whole.prompts[0])]
+    assert chat.convert_ids_to_tokens(whole.prompts[0])[-2:] == ["<|im_start|>", "assistant"]
     assert whole.references == [ex["completion"] for ex in examples]
     everything = LM.encode(examples, task, chat, True, loss_on="all")
     assert everything.targets == [n - 1 for n in lengths]
@@ -240,63 +250,49 @@ def test_encode_masks_drops_and_keeps(chat):
         LM.encode(examples, task, chat, True, template="{text}")
 
 
-def test_training_examples_without_a_target_are_dropped(chat, monkeypatch):
-    module = chat_module()
-    original = module.encode_example
-
-    def no_targets(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        ids, mask = original(*args, **kwargs)
-        return ids, [0] * len(mask)
-
-    monkeypatch.setattr(module, "encode_example", no_targets)
-    monkeypatch.setitem(sys.modules, "sparta.tasks.chat", module)
-    examples = toy_sft_examples(3, seed=1)
-    train = LM.encode(examples, ToySFTTask(), chat, True)
-    assert (len(train), train.untargeted, train.dropped) == (0, 3, 0)
-    assert len(LM.encode(examples, ToySFTTask(), chat, True, truncate=True)) == 3  # dev/test keep them
+def test_training_examples_without_a_target_are_dropped(chat, tmp_path):
+    """A one-token text row on a tokenizer without an EOS token has no target (the first token never is one)."""
+    chat.eos_token = None
+    examples = [{"text": "good"}, {"text": "the film"}, {"text": "bad"}]
+    task = toy_sft_task({"train": write_jsonl(tmp_path / "train.jsonl", examples)})
+    train = LM.encode(examples, task, chat, True)
+    assert (len(train), train.untargeted, train.dropped) == (1, 2, 0) and train.targets == [1]
+    assert len(LM.encode(examples, task, chat, True, truncate=True)) == 3  # dev/test keep them
 
 
 # -- evaluation --------------------------------------------------------------------------------------------------
-def test_evaluate_is_the_mean_nll_per_target_token():
+def test_evaluate_is_the_mean_nll_per_target_token(toy_task):
     model = tiny_lm("qwen2")
     data = random_lm_data(7, seed=8)
     with torch.no_grad():
         expected = sum(reference_sum(model, data, [i]).item() for i in range(7)) / sum(data.targets)
     for batch_size in (1, 3, 16):
-        got = LM.evaluate(model, data, ToySFTTask(), batch_size, 0, "right", "cpu")
+        got = LM.evaluate(model, data, toy_task, batch_size, 0, "right", "cpu")
         assert got == {"loss": pytest.approx(expected, rel=1e-5)}
 
 
-def test_evaluate_scores_generations(chat, monkeypatch):
-    """generate=True: each example's prompt goes to `generate`; the share of exact matches is `exact_match`."""
-    module = greedy_generation_module()
-    seen = []
-
-    def generate(model, tokenizer, prompts, **kw):  # noqa: ANN001, ANN003
-        seen.extend(prompts)
-        return [" Yes . " if i % 2 == 0 else "Maybe" for i in range(len(prompts))]
-
-    module.generate = generate
-    monkeypatch.setitem(sys.modules, "sparta.objectives.generation", module)
-    examples = [{"prompt": "the film was good", "completion": "Yes ."}] * 4
-    data = LM.encode(examples, ToySFTTask(), chat, True, truncate=True)
-    import sparta.tasks
-    from tinysft import exact_match
-
-    monkeypatch.setattr(sparta.tasks, "exact_match", exact_match, raising=False)
-    model = tiny_lm("llama-tied")
+def test_evaluate_scores_generations(chat, toy_task, tmp_path):
+    """generate=True: greedy generations from each example's prompt (`sparta.objectives.generation`), scored by
+    `sparta.tasks.exact_match`: references made from the model's own generations for half of the examples
+    match, the others (one more word) do not."""
+    model = tiny_lm("llama-tied", seed=1)
     model.train()
-    got = LM.evaluate(model, data, ToySFTTask(), 2, 0, "right", "cpu", generate=True, tokenizer=chat)
-    assert got["exact_match"] == 0.5 and seen == data.prompts and model.training
+    prompts = ["the film was good", "a very bad plot", "music is good", "the ending was bad"]
+    placeholder = LM.encode([{"prompt": p, "completion": "Yes ."} for p in prompts], toy_task, chat, True,
+                            truncate=True)  # fmt: skip
+    own = generate(model, chat, placeholder.prompts, max_new_tokens=3, batch_size=2)
+    assert all(text.strip() for text in own)
+    references = [text if i % 2 == 0 else f"{text} good" for i, text in enumerate(own)]
+    data = LM.encode([{"prompt": p, "completion": r} for p, r in zip(prompts, references, strict=True)], toy_task,
+                     chat, True, truncate=True)  # fmt: skip
+    assert data.prompts == placeholder.prompts
+    got = LM.evaluate(model, data, toy_task, 2, 0, "right", "cpu", generate=True, tokenizer=chat,
+                      max_new_tokens=3)  # fmt: skip
+    assert [exact_match(toy_task, t, r) for t, r in zip(own, references, strict=True)] == [True, False] * 2
+    assert got["exact_match"] == 0.5 and got["loss"] > 0 and model.training
 
 
-def test_evaluate_with_the_real_generation_module(chat, monkeypatch):
-    pytest.importorskip("sparta.objectives.generation")
-    import sparta.tasks
-
-    if not hasattr(sparta.tasks, "exact_match"):
-        pytest.skip("sparta.tasks.exact_match is not there yet")
-    data = LM.encode(toy_sft_examples(3, seed=2), ToySFTTask(), chat, True, truncate=True)
-    got = LM.evaluate(tiny_lm("llama-tied", seed=1), data, ToySFTTask(), 2, 0, "right", "cpu", generate=True,
-                      tokenizer=chat, max_new_tokens=3)  # fmt: skip
-    assert 0.0 <= got["exact_match"] <= 1.0 and got["loss"] > 0
+def test_scoring_generations_needs_the_tokenizer(toy_task, chat):
+    data = LM.encode(toy_sft_examples(2, seed=2), toy_task, chat, True, truncate=True)
+    with pytest.raises(SpartaError, match="needs the tokenizer"):
+        LM.evaluate(tiny_lm("llama-tied"), data, toy_task, 2, 0, "right", "cpu", generate=True)

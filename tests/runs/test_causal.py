@@ -19,18 +19,13 @@ from sparta import SpartaError, SpartaModel
 from sparta.objectives.generation import generate, generation_config
 from sparta.runs import export_run, generate_texts, open_model
 from sparta.runs.generation import prompt_ids
-from tinysftruns import lm_objective, write_sft_run
+from tinysftruns import write_sft_run
 
 torch.set_num_threads(1)
 
 LM = "language-modelling"
 IDS = torch.tensor([[2, 6, 8, 17, 20, 9], [2, 10, 11, 12, 13, 14]])
 PROMPTS = ["the movie was good", "a very bad plot", "music"]
-
-
-@pytest.fixture(autouse=True)
-def _objective(monkeypatch):
-    lm_objective(monkeypatch)
 
 
 @pytest.fixture(scope="module")
@@ -196,10 +191,8 @@ def _sft_task(root: Path) -> dict:
 
 
 def test_an_sft_run_evaluates_its_answer_loss_and_exact_match(tmp_path, instruct_model_dir):
-    pytest.importorskip("sparta.objectives.language_modelling")
-    chat = pytest.importorskip("sparta.tasks.chat")
     from sparta.runs import evaluate
-    from sparta.tasks import exact_match, load_splits
+    from sparta.tasks import chat, exact_match, load_splits
 
     run = write_sft_run(tmp_path / "run", instruct_model_dir, task=_sft_task(tmp_path / "data"))
     loaded = open_model(run, device="cpu")

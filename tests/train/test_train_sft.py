@@ -1,5 +1,6 @@
-"""`sparta train` on a language-modelling task: the one training loop with the SFT objective (the stand-in chat
-format and task of tinysft.py, the tiny tied-embedding instruct Llama): outputs of the same shape as a
+"""`sparta train` on a language-modelling task: the one training loop with the SFT objective (tinysft.py's toy
+prompt/completion task as a custom task, rendered by its chat template, the tiny tied-embedding instruct Llama):
+outputs of the same shape as a
 classification run, the SFT settings in run.json, bitwise resume, early stopping, generation metrics, the
 default rate, gradient checkpointing, and the step loss averaged over target tokens exactly."""
 
@@ -25,17 +26,21 @@ from sparta.train import TrainConfig, train
 from sparta.train.distributed import Runtime
 from sparta.train.loop import step_loss_and_backward
 from tinylm import assert_same_run
-from tinysft import greedy_generation_module, install_stand_ins, random_lm_data, tiny_lm
+from tinysft import random_lm_data, tiny_lm, write_toy_sft_files
 
 LM = LanguageModelling()
 
 
-@pytest.fixture
-def sft_config(monkeypatch, tied_instruct_model_dir, tmp_path):
-    install_stand_ins(monkeypatch)
+@pytest.fixture(scope="module")
+def toy_sft_files(tmp_path_factory) -> dict[str, str]:
+    return write_toy_sft_files(tmp_path_factory.mktemp("toy-sft"))
 
+
+@pytest.fixture
+def sft_config(toy_sft_files, tied_instruct_model_dir, tmp_path):
     def make(**overrides) -> TrainConfig:
-        values = dict(task="toy-sft", model=str(tied_instruct_model_dir), output=str(tmp_path / "run"),
+        files = {f"{split}_file": path for split, path in toy_sft_files.items()}
+        values = dict(task="custom", objective="language-modelling", **files, model=str(tied_instruct_model_dir), output=str(tmp_path / "run"),
                       batch_size=8, max_steps=6, eval_every=3, lr=1e-2, log_every=1, progress=False,
                       device="cpu")  # fmt: skip
         return TrainConfig(**(values | overrides))
@@ -125,8 +130,7 @@ def test_sft_early_stopping_restores_the_lowest_dev_loss(sft_config):
     assert result["restored_best"] and result["metrics"]["dev"]["loss"] == min(dev)
 
 
-def test_generation_metrics_in_the_zero_shot_and_final_metrics(sft_config, monkeypatch):
-    monkeypatch.setitem(sys.modules, "sparta.objectives.generation", greedy_generation_module())
+def test_generation_metrics_in_the_zero_shot_and_final_metrics(sft_config):
     result = train(
         sft_config(method="full", lr=1e-2, eval_generate=True, max_new_tokens=3, max_eval_samples=6)
     )

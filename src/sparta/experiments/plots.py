@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sparta.experiments.recipes import Recipe
+from sparta.methods import METHODS
 
 
 def _pyplot():
@@ -37,14 +38,19 @@ def _sd(values: list) -> float:
     return statistics.stdev(xs) if len(xs) > 1 else 0.0
 
 
+def uses_density(method: str | None) -> bool:
+    """Whether rows of `method` are points along the density axis (the others: horizontal reference lines)."""
+    return method in METHODS and METHODS[method].uses_density
+
+
 def _is_reference(recipe: Recipe, row: str, method: str | None) -> bool:
-    return bool(recipe.rows.get(row, {}).get("reference")) or method != "sparta"
+    return bool(recipe.rows.get(row, {}).get("reference")) or not uses_density(method)
 
 
 def plot_density(recipe: Recipe, records: list[dict], path: Path) -> Path | None:
     """Per task: the main test metric vs trainable % (log x) for SpaRTA rows, other methods as horizontal lines."""
     tasks = list(dict.fromkeys(r["task"] for r in records))
-    if not any(r["method"] == "sparta" for r in records):
+    if not any(uses_density(r["method"]) for r in records):
         return None
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)

@@ -51,7 +51,7 @@ def cell_record(results: dict[str, Any], task: str, row: str, seed: int, label: 
         "label": label,
         "seed": seed,
         "method": results.get("method"),
-        "density": cfg.get("density") if results.get("method") == "sparta" else None,
+        "density": cfg.get("density") if plots.uses_density(results.get("method")) else None,
         "targets": ",".join(cfg.get("targets") or []),
         "trainable_params": results.get("trainable_params"),
         "trainable_percent": results.get("trainable_percent"),

@@ -14,6 +14,7 @@ import torch
 from sparta.adapter.io import read_adapter_config, read_heads, read_sparse_deltas
 from sparta.errors import SpartaError
 from sparta.fileio import read_json
+from sparta.methods import METHODS
 from sparta.runs.causal import LANGUAGE_MODELLING
 from sparta.runs.layout import ADAPTER_DIR, RUN_FILE
 
@@ -57,7 +58,8 @@ def open_adapter(path: str | Path) -> AdapterSource:
     path = Path(path)
     if (path / RUN_FILE).is_file() and (path / ADAPTER_DIR).is_dir():
         info = read_json(path / RUN_FILE)
-        if info.get("method") != "sparta":
+        method = METHODS.get(info.get("method") or "")
+        if method is None or not method.sparse_adapter:
             raise SpartaError(f"{path} is a {info.get('method')!r} run; only SpaRTA adapters can be merged")
         adapter, run_dir = path / ADAPTER_DIR, path
     else:

@@ -3,7 +3,8 @@ the parameter bookkeeping that is the same for all of them (counting, copying an
 tensors, AdamW groups, dropout).
 
 A method object knows how to make a model trainable its way (`apply`), which of its files a run keeps (`save`,
-`load`), and whether a run of it holds a whole model (`saves_model`) rather than an adapter on a base model. It
+`load`; these three are abstract: a method lacking one cannot be made), which objectives and settings it cannot
+train (`check`), and whether a run of it holds a whole model (`saves_model`) rather than an adapter on a base model. It
 takes the run's settings as one object with attributes (`sparta.train.config.TrainConfig`, or anything with the
 same field names), so this layer does not depend on the training package.
 """
@@ -11,6 +12,7 @@ same field names), so this layer does not depend on the training package.
 from __future__ import annotations
 
 import contextlib
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,26 +25,49 @@ from sparta.errors import SpartaError
 from sparta.objectives.base import Heads
 
 
-class Method:
-    """The interface of one adaptation method (subclasses override what differs)."""
+class Method(ABC):
+    """The interface of one adaptation method: `apply`, `save` and `load` each method gives, the other hooks
+    have defaults (subclasses override what differs; tests/test_plugins.py runs every one)."""
 
-    name: str = ""
+    name: str = ""  # its key in `sparta.methods.METHODS`, the --method value and run.json's "method"
     saves_model = False  # a run holds a whole model (model/) instead of an adapter (adapter/) on its base
     default_targets: tuple[str, ...] = ()  # modules adapted when --targets is not given
+    trains_head_only = (
+        False  # trains the objective's head and nothing else: refused for objectives without one
+    )
+    adapts_sparse_heads = False  # trains the sparse heads an objective's settings ask for (`Heads.sparse`)
+    uses_density = False  # its size is --density: the default rate and the reports depend on it
+    # its adapter/ is a SpaRTA adapter: sparse deltas on a shared base, which merge and switch in place (serve)
+    sparse_adapter = False
 
+    def check(self, cfg: Any, objective: Any) -> None:
+        """Raise a SpartaError where this method cannot train `objective` with the run settings `cfg`."""
+        flag = objective.sparse_heads(cfg)
+        if flag and not self.adapts_sparse_heads:
+            option = flag.split()[0]
+            raise SpartaError(
+                f"{flag} adapts the module with SpaRTA's sparse deltas, which --method {self.name} does not "
+                f"train: use --method sparta, or another {option}"
+            )
+        if self.trains_head_only and not objective.has_head:
+            raise SpartaError(
+                f"the {self.name} method trains a classification head, which the {objective.name} objective does "
+                "not have: use --method sparta, lora, dora or full"
+            )
+
+    @abstractmethod
     def apply(self, model: nn.Module, cfg: Any, objective: Any, heads: Heads | None = None) -> nn.Module:
         """Make `model` (its head already initialised) trainable as this method does; returns the model to train.
 
         `heads`: what trains besides the targets (`objective.heads(model, cfg)` when not given, see `heads_of`)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def save(self, model: nn.Module, directory: Path, cfg: Any) -> None:
         """Write what the method trained into the (new, empty) `directory`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def load(self, base: nn.Module, directory: Path) -> nn.Module:
         """Attach what `save` wrote in `directory` to a freshly loaded base model."""
-        raise NotImplementedError
 
     def describe(self, model: nn.Module, device: torch.device) -> list[str]:
         """Extra lines for the run log (e.g. which kernel computes the gradients)."""
@@ -58,6 +83,7 @@ class Method:
     def keep_reference(self, model: nn.Module, reference: nn.Module | None = None) -> None:
         """Keep what `reference` needs of the model as it is now, before training (full: a frozen copy); a
         trained model whose reference is another model (a saved full fine-tuning run) is given it."""
+        return None
 
     @contextlib.contextmanager
     def reference(self, model: nn.Module) -> Iterator[nn.Module]:

@@ -21,11 +21,10 @@ HEAD_FILE = "head.safetensors"
 
 class Head(Method):
     name = "head"
+    trains_head_only = True
 
     def apply(self, model: nn.Module, cfg: Any, objective: Any, heads: Heads | None = None) -> nn.Module:
-        if not objective.head_modules:
-            raise SpartaError(f"the head method trains a classification head; the {objective.name} objective has "
-                              "none: use --method sparta, lora, dora or full")  # fmt: skip
+        self.check(cfg, objective)
         model.requires_grad_(False)
         get_head(model).requires_grad_(True)
         for name, module in model.named_modules():

@@ -25,6 +25,9 @@ from sparta.objectives.base import Heads
 class Sparta(Method):
     name = "sparta"
     default_targets = (ALL_LINEAR,)
+    adapts_sparse_heads = True  # an extra SpaRTA target (--lm-head sparse)
+    uses_density = True
+    sparse_adapter = True
 
     def apply(self, model: nn.Module, cfg: Any, objective: Any, heads: Heads | None = None) -> nn.Module:
         heads = heads_of(model, cfg, objective, heads)

@@ -20,10 +20,12 @@ from torch import nn
 
 from sparta.adapter.config import HEAD_MODULES
 from sparta.errors import SpartaError
-from sparta.objectives.base import Objective
+from sparta.objectives.base import Objective, Rate
 from sparta.objectives.batching import collate, forward_batches
 from sparta.objectives.heads import init_base_head, init_instruct_head
 from sparta.tasks import compute_metrics, field_texts, format_input
+
+SST2_PROTOCOL = "measured, docs/RESULTS.md SST-2 protocol"
 
 
 @dataclass
@@ -148,6 +150,20 @@ class Classification(Objective):
     )
     peft_task_type = "SEQ_CLS"
     head_modules = HEAD_MODULES  # trained fully by every method that has a head (those the model has)
+    rates = {  # measured (docs/RESULTS.md), see sparta.train.rates
+        "sparta": (
+            Rate(
+                3e-3, f"{SST2_PROTOCOL}: best of 3e-4/1e-3/3e-3 on dev for Wv,Wo at 3.47%", min_density=0.02
+            ),
+            Rate(1e-3, "measured, docs/RESULTS.md: all-linear 1% (merging runs, density sweep)"),
+        ),
+        "lora": (Rate(3e-3, f"{SST2_PROTOCOL}: best of 3e-4/1e-3/3e-3 on dev for LoRA r=8"),),
+        "dora": (Rate(3e-3, "LoRA's measured rate (DoRA not measured)"),),
+        "head": (Rate(1e-3, f"{SST2_PROTOCOL}: head only, 1e-3 over 3e-4 on dev"),),
+        "full": (
+            Rate(3e-5, "measured once, docs/RESULTS.md density sweep (Full FT); convention 1e-5 - 5e-5"),
+        ),
+    }
 
     encode = staticmethod(encode_split)
     batch_loss = staticmethod(batch_loss)

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from sparta.errors import SpartaError
-from sparta.objectives.base import Heads, Objective
+from sparta.objectives.base import Heads, Objective, Rate
 from sparta.objectives.batching import collate
 from sparta.objectives.lm_head import forward_hidden, token_nll
 
@@ -218,6 +218,12 @@ class GRPO(Objective):
     head_modules = ()
     work_unit = "prompt"
     recipe = "rollouts"
+    rates = {  # conventional (nothing measured here), see sparta.train.rates
+        "sparta": (Rate(1e-5, "convention: LoRA's GRPO rate (SpaRTA GRPO not measured)"),),
+        "lora": (Rate(1e-5, "convention: TRL GRPO LoRA examples"),),
+        "dora": (Rate(1e-5, "convention: LoRA's GRPO rate"),),
+        "full": (Rate(1e-6, "convention: TRL GRPOConfig's default"),),
+    }
 
     encode = staticmethod(encode_prompts)
     evaluate = staticmethod(evaluate)
@@ -254,11 +260,6 @@ class GRPO(Objective):
     def check(self, cfg: Any) -> None:
         from sparta.objectives.rewards import parse_rewards
 
-        if cfg.method == "head":
-            raise SpartaError(
-                "the head method trains a classification head, which GRPO does not have: use "
-                "--method sparta, lora, dora or full"
-            )
         if cfg.template is not None:
             raise SpartaError("--template formats classification inputs; leave it unset for GRPO")
         if cfg.num_generations < 2:
@@ -274,6 +275,11 @@ class GRPO(Objective):
                 "--grad-accum at 1 (raise --batch-size for more prompts per step)"
             )
         parse_rewards(cfg.rewards)  # unknown names and unimportable functions fail before anything loads
+
+    def sparse_heads(self, cfg: Any) -> str | None:
+        from sparta.objectives.language_modelling import LanguageModelling
+
+        return LanguageModelling().sparse_heads(cfg)
 
     def heads(self, model: nn.Module, cfg: Any) -> Heads:
         from sparta.objectives.language_modelling import LanguageModelling

@@ -19,7 +19,6 @@ is untied first, so the embeddings stay frozen and bit for bit what they were (`
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,9 +27,12 @@ import torch
 from torch import nn
 
 from sparta.errors import SpartaError
-from sparta.objectives.base import Heads, Objective
+from sparta.objectives.base import Heads, Objective, Rate
 from sparta.objectives.batching import collate, sorted_batches
+from sparta.objectives.generation import generate
 from sparta.objectives.lm_head import chunked_nll, forward_hidden, output_module_name, untie_lm_head
+from sparta.tasks.chat import encode_example, prompt_ids, reference_text
+from sparta.tasks.metrics import exact_match
 
 LOSS_ON = ("assistant", "all")
 LM_HEAD = ("frozen", "train", "sparse")
@@ -62,16 +64,6 @@ class LMEncoded:
         return [len(ids) for ids in self.input_ids]
 
 
-def _provided(module: str, name: str) -> Any:
-    """A function of `sparta.tasks.chat` (chat formats), `sparta.tasks` or `sparta.objectives.generation` (needed
-    only when generations are scored), looked up when used (the tests put stand-ins for these modules in
-    `sys.modules`). Both are below or beside this module in the layers."""
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        raise SpartaError(f"{module}.{name} is not available in this installation of sparta") from None
-
-
 def encode_split(
     examples: Sequence[dict],
     task,
@@ -93,10 +85,9 @@ def encode_split(
         raise SpartaError("language modelling needs a decoder (a causal LM); this model is an encoder")
     if loss_on not in LOSS_ON:
         raise SpartaError(f"unknown loss_on {loss_on!r}; choose one of {', '.join(LOSS_ON)}")
-    encode = _provided("sparta.tasks.chat", "encode_example")
     ids, masks = [], []
     for i, example in enumerate(examples):
-        seq, mask = encode(task, example, tokenizer, instruct, loss_on=loss_on)
+        seq, mask = encode_example(task, example, tokenizer, instruct, loss_on=loss_on)
         if not seq or len(mask) != len(seq) or set(mask) - {0, 1}:
             raise SpartaError(f"example {i} encodes to {len(seq)} tokens with a loss mask of {len(mask)} 0/1 "
                               "values; check its fields")  # fmt: skip
@@ -111,8 +102,6 @@ def encode_split(
         targeted = [i for i in keep if any(masks[i][1:])]
         untargeted, keep = len(keep) - len(targeted), targeted
     kept = [examples[i] for i in keep]
-    prompt_ids = _provided("sparta.tasks.chat", "prompt_ids")
-    reference_text = _provided("sparta.tasks.chat", "reference_text")
     return LMEncoded([ids[i] for i in keep], [masks[i] for i in keep],
                      [list(prompt_ids(task, ex, tokenizer, instruct)) for ex in kept],
                      [reference_text(task, ex) for ex in kept], dropped, untargeted)  # fmt: skip
@@ -161,8 +150,6 @@ def generation_matches(model: nn.Module, data: LMEncoded, task, tokenizer, batch
     share = range(len(data))
     if rt is not None and rt.distributed:
         share = share[rt.rank :: rt.world]
-    generate = _provided("sparta.objectives.generation", "generate")
-    exact_match = _provided("sparta.tasks", "exact_match")
     texts = generate(model, tokenizer, [data.prompts[i] for i in share], max_new_tokens=max_new_tokens,
                      batch_size=batch_size)  # fmt: skip
     hits = sum(
@@ -201,6 +188,12 @@ class LanguageModelling(Objective):
     peft_task_type = "CAUSAL_LM"
     head_modules = ()  # no classification head; the LM head is the `lm_head` setting's (see `heads`)
     work_unit = "tok"
+    rates = {  # conventional (nothing measured here), see sparta.train.rates
+        "sparta": (Rate(2e-4, "convention: LoRA's SFT rate (SpaRTA SFT not measured)"),),
+        "lora": (Rate(2e-4, "convention: QLoRA paper, models up to 13B"),),
+        "dora": (Rate(2e-4, "convention: LoRA's SFT rate"),),
+        "full": (Rate(2e-5, "convention: Alpaca / Zephyr full SFT"),),
+    }
 
     encode = staticmethod(encode_split)
     batch_loss = staticmethod(batch_loss)
@@ -231,16 +224,13 @@ class LanguageModelling(Objective):
         return {"kind": "none"}
 
     def check(self, cfg: Any) -> None:
-        if cfg.method == "head":
-            raise SpartaError("the head method trains a classification head, which language-modelling tasks do "
-                              "not have: use --method sparta, lora, dora or full")  # fmt: skip
-        if cfg.lm_head == "sparse" and cfg.method != "sparta":
-            raise SpartaError(f"--lm-head sparse adapts the LM head with SpaRTA; with --method {cfg.method} use "
-                              "--lm-head frozen or train")  # fmt: skip
         if cfg.template is not None:
             raise SpartaError(
                 "--template formats classification inputs; leave it unset for language modelling"
             )
+
+    def sparse_heads(self, cfg: Any) -> str | None:
+        return "--lm-head sparse" if getattr(cfg, "lm_head", "frozen") == "sparse" else None
 
     def heads(self, model: nn.Module, cfg: Any) -> Heads:
         """lm_head "frozen": none; "train": the LM head trains fully; "sparse": it is one more SpaRTA target.

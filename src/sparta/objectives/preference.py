@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparta.errors import SpartaError
-from sparta.objectives.base import Objective
+from sparta.objectives.base import Objective, Rate
 from sparta.objectives.batching import collate, sorted_batches
 from sparta.objectives.lm_head import forward_hidden, sequence_nll
 
@@ -335,6 +335,12 @@ class Preference(Objective):
     peft_task_type = "CAUSAL_LM"
     head_modules = ()
     work_unit = "pair"
+    rates = {  # conventional (nothing measured here), see sparta.train.rates
+        "sparta": (Rate(5e-6, "convention: LoRA's DPO rate (SpaRTA DPO not measured)"),),
+        "lora": (Rate(5e-6, "convention: alignment-handbook Zephyr-7B QLoRA DPO"),),
+        "dora": (Rate(5e-6, "convention: LoRA's DPO rate"),),
+        "full": (Rate(5e-7, "convention: alignment-handbook Zephyr-7B full DPO"),),
+    }
     uses_reference = True
 
     encode = staticmethod(encode_pairs)
@@ -360,11 +366,13 @@ class Preference(Objective):
         return {"kind": "none"}
 
     def check(self, cfg: Any) -> None:
-        if cfg.method == "head":
-            raise SpartaError("the head method trains a classification head, which preference pairs do not have: "
-                              "use --method sparta, lora, dora or full")  # fmt: skip
         if cfg.template is not None:
             raise SpartaError("--template formats classification inputs; leave it unset for preference pairs")
+
+    def sparse_heads(self, cfg: Any) -> str | None:
+        from sparta.objectives.language_modelling import LanguageModelling
+
+        return LanguageModelling().sparse_heads(cfg)
 
     def heads(self, model: nn.Module, cfg: Any):
         from sparta.objectives.language_modelling import LanguageModelling

@@ -22,7 +22,7 @@ from pathlib import Path
 from sparta.adapter import SpartaModel
 from sparta.errors import SpartaError
 from sparta.fileio import read_json
-from sparta.methods import get_method
+from sparta.methods import METHODS
 from sparta.runs import Loaded, open_model, untie_lm_head, view_of_run
 from sparta.runs.causal import LANGUAGE_MODELLING, base_model_of
 from sparta.runs.layout import ADAPTER_DIR, RUN_FILE, kind_of
@@ -53,7 +53,7 @@ def check_sparta_run(run_dir: Path) -> dict:
         raise SpartaError(
             f"{run_dir} is a {objective} run; sparta serve serves language-modelling (SFT) runs"
         )
-    if method != "sparta" or get_method(method).saves_model:
+    if method not in METHODS or not METHODS[method].sparse_adapter or METHODS[method].saves_model:
         raise SpartaError(
             f"{run_dir} is a {method or 'unknown'} run; only SpaRTA adapters switch in place on one base model "
             "(serve another method's run on its own: sparta export it, then sparta serve the export)"

@@ -22,7 +22,7 @@ from sparta.adapter.config import DTYPE_NAMES, INDEX_FORMATS, check_density
 from sparta.errors import SpartaError
 from sparta.methods import METHOD_NAMES, get_method
 from sparta.methods.base import targets_of
-from sparta.objectives import OBJECTIVE_NAMES
+from sparta.objectives import OBJECTIVE_NAMES, OBJECTIVES, get_objective
 from sparta.objectives.grpo import GRPO_LOSSES
 from sparta.objectives.language_modelling import LM_HEAD, LOSS_ON
 from sparta.objectives.preference import DPO_LOSSES
@@ -388,20 +388,17 @@ class TrainConfig:
                 0 <= self.label_smoothing < 0.5,
                 f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}",
             ),
-            (
-                not (self.objective == "language-modelling" and self.method == "head"),
-                "the head method trains a classification head, which language modelling does not have: use "
-                "--method sparta, lora, dora or full",
-            ),
-            (
-                self.lm_head != "sparse" or self.method == "sparta",
-                f"--lm-head sparse adapts the LM head with SpaRTA; with --method {self.method} use --lm-head "
-                "frozen or train",
-            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise SpartaError(message)
+        method = get_method(self.method)
+        if self.objective is not None:
+            method.check(self, get_objective(self.objective))
+        else:  # the task names the objective later; what a setting asks of the method is checked now
+            for objective in OBJECTIVES.values():
+                if objective.sparse_heads(self):
+                    method.check(self, objective)
 
     @property
     def target_modules(self) -> list[str]:

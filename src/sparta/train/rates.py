@@ -1,5 +1,6 @@
-"""Default learning rates: one table keyed by objective and method (SpaRTA's also by density), and the one function
-that fills in `TrainConfig.lr = None` when a run starts.
+"""Default learning rates: one table keyed by objective and method (SpaRTA's also by density), gathered from the
+objectives, each of which declares its own beside it (`Objective.rates`), and the one function that fills in
+`TrainConfig.lr = None` when a run starts.
 
 Where each figure comes from. *Measured* rates are from docs/RESULTS.md: SmolLM2-135M-Instruct (fp32), AdamW,
 linear schedule with 10% warmup, batch 16, max grad norm 1, 1 epoch of 1,000-2,000 sampled training examples
@@ -35,59 +36,19 @@ Mistral-7B runs used 1e-6 - 2e-4).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sparta.errors import SpartaError
+from sparta.methods import get_method
+from sparta.objectives import OBJECTIVES as REGISTERED
+from sparta.objectives.base import Rate
 
 if TYPE_CHECKING:
     from sparta.train.config import TrainConfig
 
-OBJECTIVES = ("classification", "language-modelling", "preference", "grpo")
-
-
-@dataclass(frozen=True)
-class Rate:
-    """A default rate, where it comes from, and (SpaRTA) the lowest density it applies to."""
-
-    lr: float
-    source: str
-    min_density: float = 0.0
-
-
-_SST2 = "measured, docs/RESULTS.md SST-2 protocol"
-TABLE: dict[str, dict[str, tuple[Rate, ...]]] = {
-    "classification": {
-        "sparta": (
-            Rate(3e-3, f"{_SST2}: best of 3e-4/1e-3/3e-3 on dev for Wv,Wo at 3.47%", min_density=0.02),
-            Rate(1e-3, "measured, docs/RESULTS.md: all-linear 1% (merging runs, density sweep)"),
-        ),
-        "lora": (Rate(3e-3, f"{_SST2}: best of 3e-4/1e-3/3e-3 on dev for LoRA r=8"),),
-        "dora": (Rate(3e-3, "LoRA's measured rate (DoRA not measured)"),),
-        "head": (Rate(1e-3, f"{_SST2}: head only, 1e-3 over 3e-4 on dev"),),
-        "full": (
-            Rate(3e-5, "measured once, docs/RESULTS.md density sweep (Full FT); convention 1e-5 - 5e-5"),
-        ),
-    },
-    "language-modelling": {
-        "sparta": (Rate(2e-4, "convention: LoRA's SFT rate (SpaRTA SFT not measured)"),),
-        "lora": (Rate(2e-4, "convention: QLoRA paper, models up to 13B"),),
-        "dora": (Rate(2e-4, "convention: LoRA's SFT rate"),),
-        "full": (Rate(2e-5, "convention: Alpaca / Zephyr full SFT"),),
-    },
-    "preference": {
-        "sparta": (Rate(5e-6, "convention: LoRA's DPO rate (SpaRTA DPO not measured)"),),
-        "lora": (Rate(5e-6, "convention: alignment-handbook Zephyr-7B QLoRA DPO"),),
-        "dora": (Rate(5e-6, "convention: LoRA's DPO rate"),),
-        "full": (Rate(5e-7, "convention: alignment-handbook Zephyr-7B full DPO"),),
-    },
-    "grpo": {
-        "sparta": (Rate(1e-5, "convention: LoRA's GRPO rate (SpaRTA GRPO not measured)"),),
-        "lora": (Rate(1e-5, "convention: TRL GRPO LoRA examples"),),
-        "dora": (Rate(1e-5, "convention: LoRA's GRPO rate"),),
-        "full": (Rate(1e-6, "convention: TRL GRPOConfig's default"),),
-    },
-}
+# {objective: {method: rates}}: each objective declares its own (`Objective.rates`), in `OBJECTIVES` order
+TABLE: dict[str, dict[str, tuple[Rate, ...]]] = {name: dict(o.rates) for name, o in REGISTERED.items()}
+OBJECTIVES = tuple(TABLE)
 
 
 def default_lr(method: str, objective: str = "classification", density: float | None = None) -> Rate:
@@ -117,8 +78,9 @@ def resolve_lr(cfg: TrainConfig, objective: str | None = None) -> tuple[TrainCon
     if cfg.lr is not None:
         return cfg, None
     objective = objective or objective_of(cfg)
-    rate = default_lr(cfg.method, objective, cfg.density if cfg.method == "sparta" else None)
-    at = f", density {cfg.density:g}" if cfg.method == "sparta" else ""
+    by_density = get_method(cfg.method).uses_density
+    rate = default_lr(cfg.method, objective, cfg.density if by_density else None)
+    at = f", density {cfg.density:g}" if by_density else ""
     note = f"lr {format_lr(rate.lr)}: the default for {cfg.method} ({objective}{at}; {rate.source}); --lr sets another"
     return dataclasses.replace(cfg, lr=rate.lr), note
 

@@ -94,6 +94,7 @@ def choose_task(cfg: TrainConfig, quiet: bool = False) -> tuple[dict[str, Any], 
             )
     objective = objective_for(task, cfg.objective)
     objective.check(cfg)
+    get_method(cfg.method).check(cfg, objective)
     return targs, task, objective
 
 
