@@ -98,8 +98,10 @@ def main() -> int:
     rows: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        for label, targets, density in (("sparta Wv,Wo LoRA budget", ["v_proj", "o_proj"], LORA_BUDGET_VO),
-                                        ("sparta all-linear 1%", "all-linear", 0.01)):  # fmt: skip
+        for label, targets, density in (
+            ("sparta Wv,Wo LoRA budget", ["v_proj", "o_proj"], LORA_BUDGET_VO),
+            ("sparta all-linear 1%", "all-linear", 0.01),
+        ):
             a, b = sparta_adapters(root, targets, density)
             model = SpartaModel.from_pretrained(base(), a, adapter_name="a")
             model.load_adapter(b, "b")

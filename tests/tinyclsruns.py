@@ -43,8 +43,20 @@ def train_run(output: Path, model: Path, files: dict, seed: int, **kw) -> Path:
     """A 6-step SpaRTA run (density 0.2) of a custom task on the CPU; `kw` overrides TrainConfig fields."""
     from sparta.train import TrainConfig, train
 
-    values = dict(task="custom", model=str(model), output=str(output), seed=seed, density=0.2, batch_size=8,
-                  max_steps=6, lr=2e-2, progress=False, zero_shot=False, device="cpu", **files)  # fmt: skip
+    values = dict(
+        task="custom",
+        model=str(model),
+        output=str(output),
+        seed=seed,
+        density=0.2,
+        batch_size=8,
+        max_steps=6,
+        lr=2e-2,
+        progress=False,
+        zero_shot=False,
+        device="cpu",
+        **files,
+    )
     cfg = TrainConfig(**(values | kw))
     train(cfg)
     return output

@@ -98,8 +98,14 @@ def make_causal_lm(vocab_size: int, tied: bool, seed: int = 0):
     from tinyconfigs import tiny_llama_config
 
     torch.manual_seed(seed)
-    config = tiny_llama_config(vocab_size=vocab_size, max_position_embeddings=128, bos_token_id=2,
-                               eos_token_id=3, num_labels=2, tie_word_embeddings=tied)  # fmt: skip
+    config = tiny_llama_config(
+        vocab_size=vocab_size,
+        max_position_embeddings=128,
+        bos_token_id=2,
+        eos_token_id=3,
+        num_labels=2,
+        tie_word_embeddings=tied,
+    )
     return LlamaForCausalLM(config)
 
 

@@ -15,9 +15,18 @@ from transformers import AutoModelForCausalLM, Gemma2Config, GPT2Config, LlamaCo
 from tinylm import FILLER
 
 VOCAB = 128
-_SMALL = {"vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-          "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64,
-          "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3}  # fmt: skip
+_SMALL = {
+    "vocab_size": VOCAB,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 64,
+    "pad_token_id": 0,
+    "bos_token_id": 2,
+    "eos_token_id": 3,
+}
 FAMILY_CONFIGS = {
     "llama-tied": lambda: LlamaConfig(**_SMALL, tie_word_embeddings=True),  # SmolLM2's shape of head
     "llama-untied": lambda: LlamaConfig(**_SMALL, tie_word_embeddings=False),
@@ -30,7 +39,7 @@ FAMILY_CONFIGS = {
         bos_token_id=2,
         eos_token_id=3,
         pad_token_id=0,
-    ),  # Conv1D layers, tied  # fmt: skip
+    ),  # Conv1D layers, tied
     "qwen2": lambda: Qwen2Config(**_SMALL, tie_word_embeddings=False),  # q/k/v biases
     # soft-capped logits; a small cap so that it changes the loss of a random model noticeably
     "gemma2": lambda: Gemma2Config(**_SMALL, head_dim=8, final_logit_softcapping=2.0),

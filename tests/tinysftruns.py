@@ -18,11 +18,26 @@ from sparta.runs import untie_lm_head
 def run_info(base: Path, method: str, lm_head: str = "frozen", task: dict | None = None, **kw) -> dict:
     """A run.json of a language-modelling run (the fields `sparta.train.outputs.run_info` writes, plus the SFT
     settings)."""
-    return {"format": 1, "method": method, "objective": "language-modelling", "model": str(base),
-            "model_path": str(base), "instruct": True, "task": task, "template": None, "num_labels": 0,
-            "label_names": [], "padding_side": "right", "max_length": 128, "seed": 0, "dtype": "float32",
-            "adapter": "model" if method == "full" else "adapter", "loss_on": "assistant", "lm_head": lm_head,
-            **kw}  # fmt: skip
+    return {
+        "format": 1,
+        "method": method,
+        "objective": "language-modelling",
+        "model": str(base),
+        "model_path": str(base),
+        "instruct": True,
+        "task": task,
+        "template": None,
+        "num_labels": 0,
+        "label_names": [],
+        "padding_side": "right",
+        "max_length": 128,
+        "seed": 0,
+        "dtype": "float32",
+        "adapter": "model" if method == "full" else "adapter",
+        "loss_on": "assistant",
+        "lm_head": lm_head,
+        **kw,
+    }
 
 
 def _perturb(tensor: torch.Tensor, scale: float) -> None:
@@ -49,16 +64,22 @@ def write_sft_run(
     if method == "sparta":
         heads = ["lm_head"] if lm_head == "train" else []
         targets = "all-linear" if lm_head != "sparse" else r".*(proj|lm_head)"
-        model = get_sparta_model(net, SpartaConfig(density=density, target_modules=targets, seed=seed,
-                                                   head_modules=heads))  # fmt: skip
+        model = get_sparta_model(
+            net, SpartaConfig(density=density, target_modules=targets, seed=seed, head_modules=heads)
+        )
         for p in model.delta_parameters().values():
             _perturb(p, 0.5)
         for p in model.head_parameters().values():
             _perturb(p, 0.5)
         model.save_pretrained(out / "adapter")
     elif method == "lora":
-        config = LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                            init_lora_weights=False)  # fmt: skip
+        config = LoraConfig(
+            task_type="CAUSAL_LM",
+            r=4,
+            lora_alpha=8,
+            target_modules=["q_proj", "v_proj"],
+            init_lora_weights=False,
+        )
         get_peft_model(net, config).save_pretrained(str(out / "adapter"))
     elif method == "full":
         for p in net.parameters():

@@ -67,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     trainable, total = results["trainable_params"], results["total_params"]
     print()
     print("SpaRTA demo: SmolLM2-135M-Instruct, SST-2, Wv+Wo at the LoRA r=8 parameter budget")
-    print(f"  training examples    {results['data']['train']} (1 epoch, {results['steps']} steps, "
-          f"lr {format_lr(results['config']['lr'])})")  # fmt: skip
+    print(
+        f"  training examples    {results['data']['train']} (1 epoch, {results['steps']} steps, "
+        f"lr {format_lr(results['config']['lr'])})"
+    )
     print(f"  trainable parameters {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
     if zero:
         print(f"  dev accuracy before  {zero['accuracy']:.3f}  (zero-shot head from the 'No'/'Yes' LM rows)")

@@ -43,8 +43,11 @@ def test_an_adapter_against_another_architecture_is_refused(llama, tmp_path):
     GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=128)).save_pretrained(
         tmp_path / "gpt2"
     )
-    with pytest.raises(SpartaError, match=r"gpt2 is not the base model of the adapter .*adapter: the base model has "
-                       r"no parameter 'model.layers.0.self_attn.q_proj.weight'"):  # fmt: skip
+    with pytest.raises(
+        SpartaError,
+        match=r"gpt2 is not the base model of the adapter .*adapter: the base model has "
+        r"no parameter 'model.layers.0.self_attn.q_proj.weight'",
+    ):
         delta_ranks(tmp_path / "gpt2", llama / "adapter")
 
 
@@ -64,8 +67,14 @@ def test_an_adapter_against_other_weights_or_shapes_is_refused(llama, tmp_path):
 
 def test_encoder_base_against_its_adapter_and_its_export(tmp_path):
     """BertModel saves encoder.layer.0...; its classifier (and so the adapter and the export) bert.encoder...."""
-    config = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=32)  # fmt: skip
+    config = BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=32,
+    )
     torch.manual_seed(0)
     BertModel(config).save_pretrained(tmp_path / "base")
     clf = BertForSequenceClassification.from_pretrained(tmp_path / "base", num_labels=2)
@@ -105,9 +114,20 @@ def runs(tmp_path_factory):
     data = root / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in toy_examples(48, 3)))
     for method in ("sparta", "full"):
-        cfg = TrainConfig(task="custom", train_file=str(data), model=str(model), method=method, output=str(root / method),
-                          max_steps=2, batch_size=8, lr=0.05, density=0.2, zero_shot=False, progress=False,
-                          device="cpu")  # fmt: skip
+        cfg = TrainConfig(
+            task="custom",
+            train_file=str(data),
+            model=str(model),
+            method=method,
+            output=str(root / method),
+            max_steps=2,
+            batch_size=8,
+            lr=0.05,
+            density=0.2,
+            zero_shot=False,
+            progress=False,
+            device="cpu",
+        )
         train(cfg)
     (root / "head").mkdir()
     (root / "head" / "run.json").write_text(json.dumps({"method": "head", "model_path": str(model)}))

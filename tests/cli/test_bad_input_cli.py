@@ -27,9 +27,26 @@ def toy(tmp_path_factory):
 
 def _train_argv(toy, out, *extra):
     root, model, files = toy
-    return ["train", "--task", "custom", "--train-file", str(files["train"]), "--test-file", str(files["test"]),
-            "--model", str(model), "--max-steps", "1", "--batch-size", "8", "--output", str(out),
-            "--no-progress", "--no-zero-shot", *extra]  # fmt: skip
+    return [
+        "train",
+        "--task",
+        "custom",
+        "--train-file",
+        str(files["train"]),
+        "--test-file",
+        str(files["test"]),
+        "--model",
+        str(model),
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "8",
+        "--output",
+        str(out),
+        "--no-progress",
+        "--no-zero-shot",
+        *extra,
+    ]
 
 
 def _fails(capsys, argv, *needles) -> str:
@@ -95,8 +112,21 @@ def test_missing_columns_and_labels_out_of_range(toy, tmp_path, capsys):
                 for i, r in enumerate(rows)
             )
     _, model, _ = toy
-    argv = ["train", "--task", "sst2", "--data-dir", str(tmp_path / "data"), "--model", str(model),
-            "--output", str(tmp_path / "z"), "--max-steps", "1", "--no-progress", "--no-zero-shot"]  # fmt: skip
+    argv = [
+        "train",
+        "--task",
+        "sst2",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--model",
+        str(model),
+        "--output",
+        str(tmp_path / "z"),
+        "--max-steps",
+        "1",
+        "--no-progress",
+        "--no-zero-shot",
+    ]
     _fails(capsys, argv, "label 5 out of range")
 
 

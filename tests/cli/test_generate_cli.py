@@ -23,8 +23,10 @@ FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "v1"
 @pytest.fixture(scope="module")
 def sft(tmp_path_factory, instruct_model_dir) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("sft-cli")
-    return {"a": write_sft_run(root / "a", instruct_model_dir, seed=0),
-            "b": write_sft_run(root / "b", instruct_model_dir, seed=1)}  # fmt: skip
+    return {
+        "a": write_sft_run(root / "a", instruct_model_dir, seed=0),
+        "b": write_sft_run(root / "b", instruct_model_dir, seed=1),
+    }
 
 
 def _fails(capsys, argv, *needles) -> str:
@@ -63,8 +65,11 @@ def test_generate_streams_each_prompt_answer(sft, capsys):
 
 
 def test_generate_a_prompt_file_writes_completions(sft, tmp_path, capsys):
-    turns = [{"role": "user", "content": "good"}, {"role": "assistant", "content": "Yes"},
-             {"role": "user", "content": "bad"}]  # fmt: skip
+    turns = [
+        {"role": "user", "content": "good"},
+        {"role": "assistant", "content": "Yes"},
+        {"role": "user", "content": "bad"},
+    ]
     records = [{"prompt": PROMPTS[0], "id": 1}, {"messages": turns}, {"prompt": PROMPTS[1]}]
     file = tmp_path / "prompts.jsonl"
     file.write_text("\n".join(json.dumps(r) for r in records) + "\n\n")
@@ -86,8 +91,11 @@ def test_chat_keeps_the_history_until_reset(sft, monkeypatch, capsys):
     out = capsys.readouterr().out.splitlines()
     loaded = open_model(sft["a"], device="cpu")
     (first,) = generate_texts(loaded, ["the movie"], max_new_tokens=8)
-    history = [{"role": "user", "content": "the movie"}, {"role": "assistant", "content": first.strip()},
-               {"role": "user", "content": "a bad plot"}]  # fmt: skip
+    history = [
+        {"role": "user", "content": "the movie"},
+        {"role": "assistant", "content": first.strip()},
+        {"role": "user", "content": "a bad plot"},
+    ]
     (second,) = generate_texts(loaded, [history], max_new_tokens=8)
     (fresh,) = generate_texts(loaded, ["a bad plot"], max_new_tokens=8)
     assert second != fresh  # the history changes the answer, so the comparison below means something

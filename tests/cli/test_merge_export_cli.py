@@ -32,9 +32,30 @@ def trained(tmp_path_factory):
             path.write_text("".join(json.dumps(r) + "\n" for r in make(n, seed)))
             files += [f"--{split}-file", str(path)]
         runs[name] = root / name
-        argv = ["train", "--task", "custom", *files, "--model", str(model), "--label-words", "No,Yes",
-                "--density", "0.2", "--seed", str(i), "--max-steps", "3", "--batch-size", "8", "--lr", "0.02",
-                "--no-zero-shot", "--no-progress", "--output", str(runs[name])]  # fmt: skip
+        argv = [
+            "train",
+            "--task",
+            "custom",
+            *files,
+            "--model",
+            str(model),
+            "--label-words",
+            "No,Yes",
+            "--density",
+            "0.2",
+            "--seed",
+            str(i),
+            "--max-steps",
+            "3",
+            "--batch-size",
+            "8",
+            "--lr",
+            "0.02",
+            "--no-zero-shot",
+            "--no-progress",
+            "--output",
+            str(runs[name]),
+        ]
         assert main(argv) == 0
     return runs
 
@@ -84,8 +105,23 @@ def test_merge_bad_input_is_one_line_error(trained, tmp_path, capsys):
 
 def test_merge_with_refit_heads_records_the_refit_and_evaluates_it(trained, tmp_path, capsys):
     out = tmp_path / "m"
-    argv = ["merge", str(trained["sentiment"]), str(trained["intensity"]), "--output", str(out), "--refit-heads",
-            "--refit-samples", "32", "--refit-epochs", "5", "--eval", "--split", "dev", "--device", "cpu"]  # fmt: skip
+    argv = [
+        "merge",
+        str(trained["sentiment"]),
+        str(trained["intensity"]),
+        "--output",
+        str(out),
+        "--refit-heads",
+        "--refit-samples",
+        "32",
+        "--refit-epochs",
+        "5",
+        "--eval",
+        "--split",
+        "dev",
+        "--device",
+        "cpu",
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     doc = json.loads((out / "merged.json").read_text())
@@ -131,8 +167,22 @@ def test_merge_strategies_end_to_end(trained, tmp_path, capsys):
     assert doc["strategy"] == {"name": "ties", "top_k": 0.5}
     shares = doc["survival"]["tasks"]
     assert set(shares) == {"sentiment", "intensity"} and all(0 < s < 1 for s in shares.values())
-    argv = ["merge", *pair, "--output", str(tmp_path / "dare"), "--strategy", "dare", "--drop", "0.3",
-            "--dare-then", "ties", "--top-k", "0.5", "--dare-seed", "2"]  # fmt: skip
+    argv = [
+        "merge",
+        *pair,
+        "--output",
+        str(tmp_path / "dare"),
+        "--strategy",
+        "dare",
+        "--drop",
+        "0.3",
+        "--dare-then",
+        "ties",
+        "--top-k",
+        "0.5",
+        "--dare-seed",
+        "2",
+    ]
     assert main(argv) == 0
     doc = json.loads((tmp_path / "dare" / "merged.json").read_text())
     assert doc["strategy"] == {"name": "dare", "drop": 0.3, "then": "ties", "seed": 2, "top_k": 0.5}
@@ -141,9 +191,27 @@ def test_merge_strategies_end_to_end(trained, tmp_path, capsys):
 
 def test_merge_tune_weights_end_to_end(trained, tmp_path, capsys):
     out = tmp_path / "tuned"
-    argv = ["merge", str(trained["sentiment"]), str(trained["intensity"]), "--output", str(out), "--tune-weights",
-            "--weight-grid", "0.5,1", "--strategy", "ties", "--param-grid", "0.5,1", "--max-eval-samples", "8",
-            "--device", "cpu", "--eval", "--split", "dev"]  # fmt: skip
+    argv = [
+        "merge",
+        str(trained["sentiment"]),
+        str(trained["intensity"]),
+        "--output",
+        str(out),
+        "--tune-weights",
+        "--weight-grid",
+        "0.5,1",
+        "--strategy",
+        "ties",
+        "--param-grid",
+        "0.5,1",
+        "--max-eval-samples",
+        "8",
+        "--device",
+        "cpu",
+        "--eval",
+        "--split",
+        "dev",
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     doc = json.loads((out / "merged.json").read_text())

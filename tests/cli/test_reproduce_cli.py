@@ -57,10 +57,37 @@ def test_reproduce_bad_inputs_are_one_line_errors(tmp_path, capsys):
 def test_tune_density_cli(tmp_path, capsys):
     toy = make_toy(tmp_path)
     out = tmp_path / "tune"
-    argv = ["tune-density", "--task", "custom", "--train-file", str(toy["train"]), "--dev-file", str(toy["dev"]),
-            "--label-words", "No,Yes", "--model", str(toy["model"]), "--max-steps", "2", "--batch-size", "8",
-            "--lr", "0.03", "--no-zero-shot", "--grid", "0.05,0.5", "--budget-runs", "2", "--large-samples", "none",
-            "--small-samples", "24", "--output", str(out), "--in-process"]  # fmt: skip
+    argv = [
+        "tune-density",
+        "--task",
+        "custom",
+        "--train-file",
+        str(toy["train"]),
+        "--dev-file",
+        str(toy["dev"]),
+        "--label-words",
+        "No,Yes",
+        "--model",
+        str(toy["model"]),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--lr",
+        "0.03",
+        "--no-zero-shot",
+        "--grid",
+        "0.05,0.5",
+        "--budget-runs",
+        "2",
+        "--large-samples",
+        "none",
+        "--small-samples",
+        "24",
+        "--output",
+        str(out),
+        "--in-process",
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     result = json.loads((out / "tune.json").read_text())

@@ -26,9 +26,28 @@ def test_train_then_eval_then_predict(toy, tmp_path, capsys):
     out = tmp_path / "run"
     config = tmp_path / "run.yaml"
     config.write_text(f"method: sparta\ndensity: 0.2\nlr: 0.5\nmax_steps: 4\nbatch_size: 8\nmodel: {model}\n")
-    argv = ["train", "--config", str(config), "--task", "custom", "--train-file", str(files["train"]),
-            "--dev-file", str(files["dev"]), "--test-file", str(files["test"]), "--label-words", "No,Yes",
-            "--lr", "0.03", "--output", str(out), "--no-progress", "--eval-every", "2"]  # fmt: skip
+    argv = [
+        "train",
+        "--config",
+        str(config),
+        "--task",
+        "custom",
+        "--train-file",
+        str(files["train"]),
+        "--dev-file",
+        str(files["dev"]),
+        "--test-file",
+        str(files["test"]),
+        "--label-words",
+        "No,Yes",
+        "--lr",
+        "0.03",
+        "--output",
+        str(out),
+        "--no-progress",
+        "--eval-every",
+        "2",
+    ]
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["lr"] == 0.03 and results["config"]["density"] == 0.2  # CLI over YAML
@@ -61,9 +80,29 @@ def test_train_then_eval_then_predict(toy, tmp_path, capsys):
 def test_other_methods_save_something_eval_can_rebuild(toy, tmp_path, capsys, method):
     root, model, files = toy
     out = tmp_path / method
-    argv = ["train", "--task", "custom", "--train-file", str(files["train"]), "--test-file", str(files["test"]),
-            "--model", str(model), "--method", method, "--max-steps", "2", "--batch-size", "8", "--lr", "1e-3",
-            "--output", str(out), "--no-progress", "--no-zero-shot"]  # fmt: skip
+    argv = [
+        "train",
+        "--task",
+        "custom",
+        "--train-file",
+        str(files["train"]),
+        "--test-file",
+        str(files["test"]),
+        "--model",
+        str(model),
+        "--method",
+        method,
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e-3",
+        "--output",
+        str(out),
+        "--no-progress",
+        "--no-zero-shot",
+    ]
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     capsys.readouterr()
@@ -79,9 +118,25 @@ def test_without_lr_the_default_is_used_logged_and_recorded(toy, tmp_path, capsy
 
     root, model, files = toy
     out = tmp_path / "default-lr"
-    argv = ["train", "--task", "custom", "--train-file", str(files["train"]), "--model", str(model),
-            "--method", "head", "--max-steps", "1", "--batch-size", "8", "--output", str(out), "--no-progress",
-            "--no-zero-shot"]  # fmt: skip
+    argv = [
+        "train",
+        "--task",
+        "custom",
+        "--train-file",
+        str(files["train"]),
+        "--model",
+        str(model),
+        "--method",
+        "head",
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "8",
+        "--output",
+        str(out),
+        "--no-progress",
+        "--no-zero-shot",
+    ]
     assert main(argv) == 0
     expected = default_lr("head", "classification").lr
     assert json.loads((out / "results.json").read_text())["config"]["lr"] == expected
@@ -121,9 +176,34 @@ def test_smollm2_sst2_sparta_through_the_cli(tmp_path, capsys):
     if not (data / "sst2" / "train.jsonl.gz").is_file():
         pytest.skip("shared SST-2 data not found")
     out = tmp_path / "smollm2"
-    argv = ["train", "--task", "sst2", "--method", "sparta", "--density", "0.005", "--targets", "v_proj,o_proj",
-            "--max-train-samples", "32", "--max-eval-samples", "32", "--max-steps", "4", "--batch-size", "8",
-            "--lr", "1e-4", "--data-dir", str(data), "--output", str(out), "--no-progress", "--log-every", "1"]  # fmt: skip
+    argv = [
+        "train",
+        "--task",
+        "sst2",
+        "--method",
+        "sparta",
+        "--density",
+        "0.005",
+        "--targets",
+        "v_proj,o_proj",
+        "--max-train-samples",
+        "32",
+        "--max-eval-samples",
+        "32",
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e-4",
+        "--data-dir",
+        str(data),
+        "--output",
+        str(out),
+        "--no-progress",
+        "--log-every",
+        "1",
+    ]
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["model"]["instruct"] is True and results["head_init"]["tokens"] == ["No", "Yes"]

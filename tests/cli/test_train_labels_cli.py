@@ -30,9 +30,26 @@ def typo(tmp_path_factory):
 
 def _argv(typo, out, *extra):
     model, train = typo
-    return ["train", "--task", "custom", "--train-file", str(train), "--model", str(model), "--max-steps", "1",
-            "--batch-size", "8", "--output", str(out), "--no-progress", "--no-zero-shot", "--max-eval-samples",
-            "6", *extra]  # fmt: skip
+    return [
+        "train",
+        "--task",
+        "custom",
+        "--train-file",
+        str(train),
+        "--model",
+        str(model),
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "8",
+        "--output",
+        str(out),
+        "--no-progress",
+        "--no-zero-shot",
+        "--max-eval-samples",
+        "6",
+        *extra,
+    ]
 
 
 def test_a_mistyped_label_stops_the_run_with_one_line(typo, tmp_path, capsys):

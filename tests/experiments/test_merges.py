@@ -81,10 +81,16 @@ def test_bad_variants_are_clear_errors(data_dir, tmp_path, variant, message):
 def test_variants_merge_end_to_end_and_report_one_line_each(recipe_file, tmp_path, caplog):
     doc = yaml.safe_load(recipe_file.read_text())
     task = doc["scales"]["cpu"]["tasks"]["toy"]
-    variants = {"sparta": {}, "ties": {"strategy": "ties", "top_k": 0.5},
-                "tuned": {"tune_weights": True, "weight_grid": [0.5, 1.0], "max_eval_samples": 8}}  # fmt: skip
-    doc.update(kind="merging", tasks=["toy-a", "toy-b"],
-               merge={"row": "sparta", "split": "test", "variants": variants})  # fmt: skip
+    variants = {
+        "sparta": {},
+        "ties": {"strategy": "ties", "top_k": 0.5},
+        "tuned": {"tune_weights": True, "weight_grid": [0.5, 1.0], "max_eval_samples": 8},
+    }
+    doc.update(
+        kind="merging",
+        tasks=["toy-a", "toy-b"],
+        merge={"row": "sparta", "split": "test", "variants": variants},
+    )
     doc["scales"]["cpu"]["tasks"] = {"toy-a": task, "toy-b": {**task, "index_seed_offset": 1000}}
     doc["scales"]["cpu"]["seeds"] = [0]
     path = tmp_path / "merging.yaml"

@@ -113,8 +113,10 @@ def test_only_seeds_and_bad_names(data_dir):
 def test_budget_rows_get_equal_delta_counts(toy):
     from sparta.experiments.recipes import Cell, resolve_budgets, target_sizes
 
-    cells = [Cell("t", name, 0, name, {"model": str(toy["model"]), "method": "sparta", "targets": targets}, 0.01)
-             for name, targets in (("all", ["all-linear"]), ("k", ["k_proj"]), ("vo", ["v_proj", "o_proj"]))]  # fmt: skip
+    cells = [
+        Cell("t", name, 0, name, {"model": str(toy["model"]), "method": "sparta", "targets": targets}, 0.01)
+        for name, targets in (("all", ["all-linear"]), ("k", ["k_proj"]), ("vo", ["v_proj", "o_proj"]))
+    ]
     resolve_budgets(cells)
     sizes = target_sizes(str(toy["model"]), [["all-linear"], ["k_proj"], ["v_proj", "o_proj"]])
     assert cells[0].settings["density"] == pytest.approx(0.01)
@@ -126,8 +128,14 @@ def test_the_estimate_counts_the_training_loops_own_steps():
     from sparta.experiments.recipes import TRAIN_S_PER_TOKEN, Cell, estimate_parts
     from sparta.train.schedule import Schedule
 
-    settings = {"task": "sst2", "method": "sparta", "max_train_samples": 100, "batch_size": 16, "grad_accum": 2,
-                "epochs": 2.5}  # fmt: skip
+    settings = {
+        "task": "sst2",
+        "method": "sparta",
+        "max_train_samples": 100,
+        "batch_size": 16,
+        "grad_accum": 2,
+        "epochs": 2.5,
+    }
     plan = Schedule.plan(TrainConfig(**settings), 100)
     assert plan.total_steps == 10  # 7 micro-batches -> 4 steps per epoch, 2.5 epochs round up to 10
     train_seconds, _ = estimate_parts(Cell("sst2", "r", 0, "r", settings), {"sst2": 10})

@@ -11,18 +11,34 @@ from sparta.experiments.plots import plot_all
 from sparta.experiments.report import aggregate, collect, merged_records, merging_table, results_table
 
 # (row, seed) -> (test loss, test accuracy, trainable %)
-KNOWN = {("sparta", 0): (0.40, 0.80, 1.0), ("sparta", 1): (0.60, 0.90, 1.0), ("head", 0): (0.70, 0.55, 0.01),
-         ("head", 1): (0.90, 0.65, 0.01)}  # fmt: skip
+KNOWN = {
+    ("sparta", 0): (0.40, 0.80, 1.0),
+    ("sparta", 1): (0.60, 0.90, 1.0),
+    ("head", 0): (0.70, 0.55, 0.01),
+    ("head", 1): (0.90, 0.65, 0.01),
+}
 
 
 def write_results(out, row, seed, loss, acc, share, metric="accuracy"):
     path = out / "toy" / row / f"seed{seed}"
     path.mkdir(parents=True)
-    doc = {"method": row, "config": {"density": 0.2, "targets": None}, "trainable_params": 10,
-           "trainable_percent": share, "metrics": {"test": {"loss": loss, metric: acc}, "dev": {"loss": loss + 0.1, metric: acc}},
-           "steps": 4, "train_seconds": 2.0, "train_examples_per_s": 8.0, "peak_memory_mb": 100.0, "adapter_bytes": 2048,
-           "history": [{"step": s, "train_loss": 1 / s, **({"dev_loss": 1 / s + 0.1} if s % 2 == 0 else {})} for s in range(1, 5)],
-           "data": {"train": 32}}  # fmt: skip
+    doc = {
+        "method": row,
+        "config": {"density": 0.2, "targets": None},
+        "trainable_params": 10,
+        "trainable_percent": share,
+        "metrics": {"test": {"loss": loss, metric: acc}, "dev": {"loss": loss + 0.1, metric: acc}},
+        "steps": 4,
+        "train_seconds": 2.0,
+        "train_examples_per_s": 8.0,
+        "peak_memory_mb": 100.0,
+        "adapter_bytes": 2048,
+        "history": [
+            {"step": s, "train_loss": 1 / s, **({"dev_loss": 1 / s + 0.1} if s % 2 == 0 else {})}
+            for s in range(1, 5)
+        ],
+        "data": {"train": 32},
+    }
     (path / "results.json").write_text(json.dumps(doc))
 
 
@@ -84,8 +100,10 @@ def test_merging_table_from_merged_json(tmp_path):
     for seed, (single, merged) in enumerate([(0.80, 0.82), (0.90, 0.86)]):
         path = tmp_path / "merged" / "sparta-1" / f"seed{seed}"
         path.mkdir(parents=True)
-        tasks = {t: {"single": {"loss": 0.3, "accuracy": single}, "merged": {"loss": 0.4, "accuracy": merged}}
-                 for t in ("sst2", "cola")}  # fmt: skip
+        tasks = {
+            t: {"single": {"loss": 0.3, "accuracy": single}, "merged": {"loss": 0.4, "accuracy": merged}}
+            for t in ("sst2", "cola")
+        }
         (path / "merged.json").write_text(json.dumps({"eval": {"split": "test", "tasks": tasks}}))
     table = merging_table(merged_records(tmp_path))
     lines = table.splitlines()

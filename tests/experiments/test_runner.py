@@ -116,7 +116,14 @@ def test_a_half_finished_cell_continues_from_its_checkpoint(recipe_file, tmp_pat
 def test_a_cell_runs_from_its_yaml_file_in_a_subprocess(recipe_file, tmp_path):
     recipe = load_recipe(recipe_file)
     out = tmp_path / "out"
-    summary = run_experiment(recipe, "cpu", out, only=["head"], seeds=[1], overrides={"extra": {"note": "kept"}},)  # fmt: skip
+    summary = run_experiment(
+        recipe,
+        "cpu",
+        out,
+        only=["head"],
+        seeds=[1],
+        overrides={"extra": {"note": "kept"}},
+    )
     assert summary.ran == ["toy/head/seed1"], summary.failed
     cell = out / "toy/head/seed1"
     results = json.loads((cell / "results.json").read_text())
@@ -140,7 +147,14 @@ def test_nothing_in_experiments_imports_the_cli():
 def test_a_failing_cell_is_reported_and_the_grid_goes_on(recipe_file, tmp_path):
     recipe = load_recipe(recipe_file)
     out = tmp_path / "out"
-    summary = run_experiment(recipe, "cpu", out, only=["sparta"], seeds=[0], overrides={"targets": ["nosuch"]},)  # fmt: skip
+    summary = run_experiment(
+        recipe,
+        "cpu",
+        out,
+        only=["sparta"],
+        seeds=[0],
+        overrides={"targets": ["nosuch"]},
+    )
     assert (
         list(summary.failed) == ["toy/sparta/seed0"] and "exit code 2" in summary.failed["toy/sparta/seed0"]
     )

@@ -11,14 +11,28 @@ from sparta.experiments.tune import _midpoints, gap_stats, tune_density
 
 
 def base(toy) -> dict:
-    return {"task": "custom", "train_file": str(toy["train"]), "dev_file": str(toy["dev"]), "test_file": str(toy["test"]),
-            "label_words": ["No", "Yes"], "model": str(toy["model"]), "max_steps": 4, "batch_size": 8, "lr": 0.03,
-            "log_every": 1, "zero_shot": False}  # fmt: skip
+    return {
+        "task": "custom",
+        "train_file": str(toy["train"]),
+        "dev_file": str(toy["dev"]),
+        "test_file": str(toy["test"]),
+        "label_words": ["No", "Yes"],
+        "model": str(toy["model"]),
+        "max_steps": 4,
+        "batch_size": 8,
+        "lr": 0.03,
+        "log_every": 1,
+        "zero_shot": False,
+    }
 
 
 def test_gap_from_history():
-    history = [{"step": 1, "train_loss": 0.9}, {"step": 2, "train_loss": 0.5, "dev_loss": 0.8},
-               {"step": 3, "train_loss": 0.3}, {"step": 4, "train_loss": 0.1, "dev_loss": 0.7}]  # fmt: skip
+    history = [
+        {"step": 1, "train_loss": 0.9},
+        {"step": 2, "train_loss": 0.5, "dev_loss": 0.8},
+        {"step": 3, "train_loss": 0.3},
+        {"step": 4, "train_loss": 0.1, "dev_loss": 0.7},
+    ]
     stats = gap_stats(history, window=2)
     assert stats["train_window_loss"] == pytest.approx(0.2) and stats["last_dev_loss"] == 0.7
     assert stats["gap"] == pytest.approx(0.5)
@@ -29,8 +43,16 @@ def test_gap_from_history():
 def test_tune_recommends_a_density_it_tried_and_resumes(toy, tmp_path):
     out = tmp_path / "tune"
     grid = [0.01, 0.1, 0.5]
-    result = tune_density(base(toy), out, grid=grid, budget_runs=5, small_samples=24, large_samples=48,
-                          finalists=1, isolation="process")  # fmt: skip
+    result = tune_density(
+        base(toy),
+        out,
+        grid=grid,
+        budget_runs=5,
+        small_samples=24,
+        large_samples=48,
+        finalists=1,
+        isolation="process",
+    )
     stages = [r["stage"] for r in result["runs"]]
     assert stages == ["coarse"] * 3 + ["refine"] + ["final"]
     coarse_best = min(result["runs"][:3], key=lambda r: r["dev_loss"])["density"]
@@ -49,8 +71,17 @@ def test_tune_recommends_a_density_it_tried_and_resumes(toy, tmp_path):
     def no_training(cfg):
         raise AssertionError("a finished run was trained again")
 
-    again = tune_density(base(toy), out, grid=grid, budget_runs=5, small_samples=24, large_samples=48,
-                         finalists=1, isolation="process", train_fn=no_training)  # fmt: skip
+    again = tune_density(
+        base(toy),
+        out,
+        grid=grid,
+        budget_runs=5,
+        small_samples=24,
+        large_samples=48,
+        finalists=1,
+        isolation="process",
+        train_fn=no_training,
+    )
     assert again["recommended_density"] == result["recommended_density"]
 
 

@@ -8,8 +8,13 @@ import yaml
 
 
 def write_recipe(path: Path, toy: dict[str, Path], steps: int = 2) -> Path:
-    task = {"task": "custom", "train_file": str(toy["train"]), "dev_file": str(toy["dev"]),
-            "test_file": str(toy["test"]), "label_words": ["No", "Yes"]}  # fmt: skip
+    task = {
+        "task": "custom",
+        "train_file": str(toy["train"]),
+        "dev_file": str(toy["dev"]),
+        "test_file": str(toy["test"]),
+        "label_words": ["No", "Yes"],
+    }
     doc = {
         "name": "tiny",
         "title": "Tiny grid",
@@ -29,7 +34,7 @@ def write_recipe(path: Path, toy: dict[str, Path], steps: int = 2) -> Path:
                     "eval_every": 1,
                     "zero_shot": False,
                     "lr": 0.03,
-                },  # fmt: skip
+                },
                 "tasks": {"toy": task},
             }
         },

@@ -82,7 +82,7 @@ def test_sum_is_bitwise_the_sequential_weighted_scatter_add(runs, tmp_path):
         Strategy("ties", top_k=0.3),
         Strategy("dare", drop=0.4, seed=3),
         Strategy("dare", drop=0.25, then="ties", top_k=0.5),
-    ],  # fmt: skip
+    ],
     ids=["mean", "ties", "dare", "dare-ties"],
 )
 def test_each_rule_writes_w0_plus_merge_sparse(runs, tmp_path, strategy):

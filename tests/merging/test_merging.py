@@ -261,8 +261,13 @@ def test_export_loads_with_plain_transformers_and_matches_the_adapter(runs, tmp_
     assert "sparta" not in config.lower() and "auto_map" not in config
     assert json.loads(config)["architectures"] == ["LlamaForSequenceClassification"]
     ids = [[5, 10, 11, 17, 20, 9], [8, 22, 17, 18, 6, 7]]
-    proc = subprocess.run([sys.executable, "-I", "-c", _PLAIN_LOAD, str(out), json.dumps(ids)],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", _PLAIN_LOAD, str(out), json.dumps(ids)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     plain = json.loads(proc.stdout.strip().splitlines()[-1])
     assert plain["sparta"] == [] and plain["labels"] == {"0": "0", "1": "1"}

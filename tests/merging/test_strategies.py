@@ -78,7 +78,7 @@ def test_dare_drops_a_seeded_share_and_rescales_the_rest():
         ({"top_k": 0}, "top-k"),
         ({"drop": 1.0}, "drop"),
         ({"name": "dare", "then": "mean"}, "sum or ties"),
-    ],  # fmt: skip
+    ],
 )
 def test_bad_parameters_are_clear_errors(kwargs, message):
     with pytest.raises(SpartaError, match=message):

@@ -54,8 +54,9 @@ def test_the_choice_is_the_grids_best_by_independent_evaluations(
 ):
     pair, tasks = [runs["sentiment"], runs["topic"]], ["sentiment", "topic"]
     grid = (0.0, 1.0, 3.0)
-    doc = tune_merge(pair, tmp_path / "tuned", strategy=strategy, weight_grid=grid, param_grid=param_grid,
-                     device="cpu")  # fmt: skip
+    doc = tune_merge(
+        pair, tmp_path / "tuned", strategy=strategy, weight_grid=grid, param_grid=param_grid, device="cpu"
+    )
     tuning = doc["tuning"]
     candidates = tuning["candidates"]
     assert len(candidates) == 9 * (len(param_grid) if param_grid else 1)
@@ -112,8 +113,13 @@ def test_the_choice_is_the_grids_best_by_independent_evaluations(
 
 
 def test_max_eval_samples_caps_the_dev_sets(runs, tmp_path):
-    doc = tune_merge([runs["sentiment"], runs["topic"]], tmp_path / "m", weight_grid=(1.0,), max_eval_samples=8,
-                     device="cpu")  # fmt: skip
+    doc = tune_merge(
+        [runs["sentiment"], runs["topic"]],
+        tmp_path / "m",
+        weight_grid=(1.0,),
+        max_eval_samples=8,
+        device="cpu",
+    )
     assert doc["tuning"]["dev_examples"] == {"sentiment": 8, "topic": 8}
     assert len(doc["tuning"]["candidates"]) == 1 and doc["tuning"]["max_eval_samples"] == 8
 

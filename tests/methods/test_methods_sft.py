@@ -19,8 +19,17 @@ LM = LanguageModelling()
 
 def run_cfg(family: str, method: str, lm_head: str = "frozen") -> SimpleNamespace:
     targets = ["c_attn"] if family == "gpt2" and method in ("lora", "dora") else None
-    return SimpleNamespace(method=method, density=0.2, targets=targets, seed=0, index_seed=None, lora_r=4,
-                           lora_alpha=8.0, lora_dropout=0.0, lm_head=lm_head)  # fmt: skip
+    return SimpleNamespace(
+        method=method,
+        density=0.2,
+        targets=targets,
+        seed=0,
+        index_seed=None,
+        lora_r=4,
+        lora_alpha=8.0,
+        lora_dropout=0.0,
+        lm_head=lm_head,
+    )
 
 
 def sft_steps(net, steps: int = 8, lr: float = 1e-2) -> list[float]:
@@ -112,7 +121,7 @@ def _head_and_embeddings(model):
         ("sparta", "sparse"),
         ("lora", "frozen"),
         ("lora", "train"),
-    ],  # fmt: skip
+    ],
 )
 def test_lm_head_settings(family, method, lm_head):
     """frozen: head and embeddings exact; train: the head (untied first) trains, the embeddings stay exact;
@@ -151,5 +160,8 @@ def test_head_method_and_sparse_heads_are_refused_where_they_do_not_apply():
     with pytest.raises(SpartaError, match="sparsely"):
         get_method("lora").apply(model, run_cfg("llama-untied", "lora", "sparse"), LM)
     with pytest.raises(SpartaError, match="language-modelling"):
-        Classification().check(SimpleNamespace(task="sst2", lm_head="train", loss_on="assistant",
-                                               eval_generate=None, keep_calculator=False))  # fmt: skip
+        Classification().check(
+            SimpleNamespace(
+                task="sst2", lm_head="train", loss_on="assistant", eval_generate=None, keep_calculator=False
+            )
+        )

@@ -25,8 +25,15 @@ def tiny_bert_dir(path: Path) -> Path:
     (path / "vocab.txt").write_text("\n".join(SPECIAL + [w.lower() for w in WORDS]) + "\n")
     tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"))
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=64, pad_token_id=0)  # fmt: skip
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=0,
+    )
     BertForPreTraining(config).save_pretrained(path)  # a pretraining checkpoint: it has the pooler
     tokenizer.save_pretrained(path)
     return path
@@ -76,10 +83,22 @@ def test_encoders_are_told_apart_from_decoders():
 
 @pytest.mark.parametrize("method", ["sparta", "lora", "head"])
 def test_the_pooler_trains_with_the_head(bert, tmp_path, method):
-    cfg = TrainConfig(task="custom", text_fields=["sentence1", "sentence2"], model=str(bert["model"]),
-                      method=method, density=0.2, max_steps=3, batch_size=8, lr=1e-2, zero_shot=False,
-                      progress=False, device="cpu", output=str(tmp_path / "run"), **bert["files"],
-                      targets=["query", "value"] if method == "lora" else None)  # fmt: skip
+    cfg = TrainConfig(
+        task="custom",
+        text_fields=["sentence1", "sentence2"],
+        model=str(bert["model"]),
+        method=method,
+        density=0.2,
+        max_steps=3,
+        batch_size=8,
+        lr=1e-2,
+        zero_shot=False,
+        progress=False,
+        device="cpu",
+        output=str(tmp_path / "run"),
+        **bert["files"],
+        targets=["query", "value"] if method == "lora" else None,
+    )
     results = train(cfg)
     from sparta.runs import open_model
 

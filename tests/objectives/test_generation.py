@@ -104,8 +104,10 @@ def test_sparta_and_peft_models_generate_their_adapted_output(lm):
     plain = merged.merge_and_unload()
     out = generate(sparse, tok, prompts, max_new_tokens=10)
     assert out == generate(plain, tok, prompts, max_new_tokens=10) and out != base
-    lora = get_peft_model(make_causal_lm(len(tok), tied=False, seed=3), LoraConfig(
-        task_type="CAUSAL_LM", r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))  # fmt: skip
+    lora = get_peft_model(
+        make_causal_lm(len(tok), tied=False, seed=3),
+        LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
     out = generate(lora, tok, prompts, max_new_tokens=10)
     assert out == generate(lora.merge_and_unload(), tok, prompts, max_new_tokens=10) and out != base
 

@@ -31,8 +31,19 @@ LM = LanguageModelling()
 
 def run_cfg(**overrides) -> SimpleNamespace:
     """The settings methods read (what `TrainConfig` holds), for a method applied outside the training loop."""
-    values = dict(method="sparta", density=0.3, targets=None, seed=0, index_seed=None, lora_r=4, lora_alpha=8.0,
-                  lora_dropout=0.0, lm_head="frozen", loss_on="assistant", template=None)  # fmt: skip
+    values = dict(
+        method="sparta",
+        density=0.3,
+        targets=None,
+        seed=0,
+        index_seed=None,
+        lora_r=4,
+        lora_alpha=8.0,
+        lora_dropout=0.0,
+        lm_head="frozen",
+        loss_on="assistant",
+        template=None,
+    )
     return SimpleNamespace(**(values | overrides))
 
 
@@ -215,7 +226,11 @@ def test_objective_registry_and_attributes(toy_task):
     lm = objective_for(toy_task)
     assert lm is objective_for(SimpleNamespace(), "language-modelling")
     assert (lm.name, lm.model_kind, lm.peft_task_type, lm.head_modules) == (
-        "language-modelling", "causal-lm", "CAUSAL_LM", ())  # fmt: skip
+        "language-modelling",
+        "causal-lm",
+        "CAUSAL_LM",
+        (),
+    )
     assert lm.init_head(None, None, None, True, None, None, 0) == {"kind": "none"}
     assert lm.metric_names(toy_task) == ["exact_match"]
     assert objective_for(SimpleNamespace()).name == "classification"
@@ -240,7 +255,9 @@ def test_encode_masks_drops_and_keeps(chat, toy_task):
     assert whole.targets == [3] * 12 and LM.units(whole, [0, 1, 2]) == 9
     first = chat.convert_ids_to_tokens(whole.input_ids[0])
     assert [t for t, m in zip(first, whole.loss_mask[0], strict=True) if m] == [
-        *examples[0]["completion"].split(), "<|im_end|>"]  # fmt: skip
+        *examples[0]["completion"].split(),
+        "<|im_end|>",
+    ]
     assert whole.prompts[0] == whole.input_ids[0][: len(whole.prompts[0])]
     assert chat.convert_ids_to_tokens(whole.prompts[0])[-2:] == ["<|im_start|>", "assistant"]
     assert whole.references == [ex["completion"] for ex in examples]
@@ -278,16 +295,23 @@ def test_evaluate_scores_generations(chat, toy_task, tmp_path):
     model = tiny_lm("llama-tied", seed=1)
     model.train()
     prompts = ["the film was good", "a very bad plot", "music is good", "the ending was bad"]
-    placeholder = LM.encode([{"prompt": p, "completion": "Yes ."} for p in prompts], toy_task, chat, True,
-                            truncate=True)  # fmt: skip
+    placeholder = LM.encode(
+        [{"prompt": p, "completion": "Yes ."} for p in prompts], toy_task, chat, True, truncate=True
+    )
     own = generate(model, chat, placeholder.prompts, max_new_tokens=3, batch_size=2)
     assert all(text.strip() for text in own)
     references = [text if i % 2 == 0 else f"{text} good" for i, text in enumerate(own)]
-    data = LM.encode([{"prompt": p, "completion": r} for p, r in zip(prompts, references, strict=True)], toy_task,
-                     chat, True, truncate=True)  # fmt: skip
+    data = LM.encode(
+        [{"prompt": p, "completion": r} for p, r in zip(prompts, references, strict=True)],
+        toy_task,
+        chat,
+        True,
+        truncate=True,
+    )
     assert data.prompts == placeholder.prompts
-    got = LM.evaluate(model, data, toy_task, 2, 0, "right", "cpu", generate=True, tokenizer=chat,
-                      max_new_tokens=3)  # fmt: skip
+    got = LM.evaluate(
+        model, data, toy_task, 2, 0, "right", "cpu", generate=True, tokenizer=chat, max_new_tokens=3
+    )
     assert [exact_match(toy_task, t, r) for t, r in zip(own, references, strict=True)] == [True, False] * 2
     assert got["exact_match"] == 0.5 and got["loss"] > 0 and model.training
 

@@ -32,8 +32,16 @@ ROWS = [
 
 
 def _cfg() -> SimpleNamespace:
-    return SimpleNamespace(density=0.3, targets=None, seed=0, index_seed=None, lm_head="frozen", lora_r=4,
-                           lora_alpha=8.0, lora_dropout=0.0)  # fmt: skip
+    return SimpleNamespace(
+        density=0.3,
+        targets=None,
+        seed=0,
+        index_seed=None,
+        lm_head="frozen",
+        lora_r=4,
+        lora_alpha=8.0,
+        lora_dropout=0.0,
+    )
 
 
 @pytest.fixture
@@ -57,9 +65,20 @@ def _sigmoid(x: float) -> float:
 
 
 def test_the_reply_mask_covers_the_last_assistant_turn_only(tok):
-    data = _encode(tok, [{"prompt": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "No"},
-                                     {"role": "user", "content": "the plot"}],
-                          "chosen": "good", "rejected": "bad"}])  # fmt: skip
+    data = _encode(
+        tok,
+        [
+            {
+                "prompt": [
+                    {"role": "user", "content": "a"},
+                    {"role": "assistant", "content": "No"},
+                    {"role": "user", "content": "the plot"},
+                ],
+                "chosen": "good",
+                "rejected": "bad",
+            }
+        ],
+    )
     ids, mask = data.chosen_ids[0], data.chosen_mask[0]
     reply = tok.decode([t for t, m in zip(ids, mask, strict=True) if m])
     assert reply.split() == ["good", "<|im_end|>"]  # the earlier "No" is prompt, the end of turn a target
@@ -140,9 +159,16 @@ def test_sparta_gradients_match_a_separate_policy_and_frozen_reference(tok):
 
 
 def test_bad_pairs_are_dropped_and_counted(tok):
-    rows = [*ROWS, {"prompt": "a", "chosen": "good", "rejected": "good"}, {"prompt": "a", "chosen": "good"},
-            {"prompt": "a", "chosen": " ", "rejected": "bad"}, {"chosen": "\n\nHuman: the plot\n\nAssistant: good",
-                                                                "rejected": "\n\nHuman: the plot\n\nAssistant: bad"}]  # fmt: skip
+    rows = [
+        *ROWS,
+        {"prompt": "a", "chosen": "good", "rejected": "good"},
+        {"prompt": "a", "chosen": "good"},
+        {"prompt": "a", "chosen": " ", "rejected": "bad"},
+        {
+            "chosen": "\n\nHuman: the plot\n\nAssistant: good",
+            "rejected": "\n\nHuman: the plot\n\nAssistant: bad",
+        },
+    ]
     data = _encode(tok, rows)
     assert len(data) == 4 and data.invalid == {"identical": 1, "missing field rejected": 1, "empty reply": 1}
     assert tok.decode(data.chosen_ids[3]).split()[:3] == ["<|im_start|>", "user", "the"]  # hh-rlhf split

@@ -70,8 +70,12 @@ def test_a_base_model_opens_for_generation_without_a_task(instruct_model_dir, ba
     with pytest.raises(SpartaError, match="without a task; pass --task"):
         loaded.head()
     tok = loaded.tokenizer
-    chat = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                    tokenize=True, return_dict=False) for p in PROMPTS]  # fmt: skip
+    chat = [
+        tok.apply_chat_template(
+            [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        for p in PROMPTS
+    ]
     chat = [list(c["input_ids"]) if isinstance(c, dict) else list(c) for c in chat]
     assert [prompt_ids(loaded, p) for p in PROMPTS] == chat
     plain = AutoModelForCausalLM.from_pretrained(str(instruct_model_dir)).eval()
@@ -84,8 +88,11 @@ def test_a_base_model_opens_for_generation_without_a_task(instruct_model_dir, ba
 
 def test_a_system_prompt_and_chat_turns_are_rendered_with_the_template(instruct_model_dir):
     loaded = open_model(instruct_model_dir, device="cpu", objective=LM)
-    turns = [{"role": "user", "content": "good"}, {"role": "assistant", "content": "Yes"},
-             {"role": "user", "content": "bad"}]  # fmt: skip
+    turns = [
+        {"role": "user", "content": "good"},
+        {"role": "assistant", "content": "Yes"},
+        {"role": "user", "content": "bad"},
+    ]
     text = loaded.tokenizer.decode(prompt_ids(loaded, turns, system="Respond Yes or No"))
     # the word-level tokenizer decodes with single spaces between tokens
     assert text == (
@@ -150,8 +157,20 @@ def test_an_exported_sft_run_generates_the_adapters_tokens_without_sparta(sft, t
     exports = {n: export_run(sft[n], tmp_path / n) for n in names}
     loaded = {n: open_model(sft[n], device="cpu") for n in names}
     prompts = [prompt_ids(loaded["sparta"], p) for p in PROMPTS]
-    proc = subprocess.run([sys.executable, "-I", "-c", _PLAIN_GENERATE, json.dumps([str(exports[n]) for n in names]),
-                           json.dumps(prompts)], capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-c",
+            _PLAIN_GENERATE,
+            json.dumps([str(exports[n]) for n in names]),
+            json.dumps(prompts),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     plain = json.loads(proc.stdout.strip().splitlines()[-1])
     assert plain["sparta"] == []
@@ -181,8 +200,15 @@ def test_an_exported_sft_run_generates_the_adapters_tokens_without_sparta(sft, t
 def _sft_task(root: Path) -> dict:
     """A custom chat task (train and test JSONL files of user/assistant turns), as run.json records it."""
     words = ["the movie was good", "a very bad plot", "music scene", "the ending is really bad", "good actor"]
-    rows = [{"messages": [{"role": "user", "content": w}, {"role": "assistant", "content": "Yes" if "good" in w
-             else "No"}]} for w in words]  # fmt: skip
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": w},
+                {"role": "assistant", "content": "Yes" if "good" in w else "No"},
+            ]
+        }
+        for w in words
+    ]
     root.mkdir()
     for split in ("train", "test"):
         (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -15,8 +15,11 @@ FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "v1"
 
 
 def _close(a: list[list[float]], b: list[list[float]]) -> bool:
-    return all(math.isclose(x, y, rel_tol=1e-5, abs_tol=1e-7) for ra, rb in zip(a, b, strict=True)
-               for x, y in zip(ra, rb, strict=True))  # fmt: skip
+    return all(
+        math.isclose(x, y, rel_tol=1e-5, abs_tol=1e-7)
+        for ra, rb in zip(a, b, strict=True)
+        for x, y in zip(ra, rb, strict=True)
+    )
 
 
 EXPECTED = json.loads((FIXTURE / "expected.json").read_text())

@@ -21,7 +21,10 @@ def _write_jsonl_gz(path: Path, rows: list[dict]) -> Path:
 
 
 def _pair_rows(n: int, start: int = 0, num_labels: int = 2) -> list[dict]:
-    return [{"sentence1": f"first {i}", "sentence2": f"second {i}", "label": i % num_labels, "idx": i} for i in range(start, start + n)]  # fmt: skip
+    return [
+        {"sentence1": f"first {i}", "sentence2": f"second {i}", "label": i % num_labels, "idx": i}
+        for i in range(start, start + n)
+    ]
 
 
 @pytest.fixture

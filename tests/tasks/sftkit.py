@@ -7,11 +7,62 @@ import dataclasses
 
 from sparta.tasks import TaskSpec
 
-SPECIAL = ["<pad>", "<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>", "<|begin_of_text|>",
-           "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]  # fmt: skip
-WORDS = ["\n", "system", "user", "assistant", "You", "are", "a", "helpful", "bot", "tutor", ".", "what", "is", "2",
-         "+", "=", "4", "it", "hi", "hello", "there", "###", "System", "User", "Assistant", ":", "good", "thanks",
-         "bye", "see", "you", "48", "/", "24", "####", "72", "sold", "clips", "the", "cat", "sat", ":="]  # fmt: skip
+SPECIAL = [
+    "<pad>",
+    "<unk>",
+    "<s>",
+    "</s>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|begin_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+]
+WORDS = [
+    "\n",
+    "system",
+    "user",
+    "assistant",
+    "You",
+    "are",
+    "a",
+    "helpful",
+    "bot",
+    "tutor",
+    ".",
+    "what",
+    "is",
+    "2",
+    "+",
+    "=",
+    "4",
+    "it",
+    "hi",
+    "hello",
+    "there",
+    "###",
+    "System",
+    "User",
+    "Assistant",
+    ":",
+    "good",
+    "thanks",
+    "bye",
+    "see",
+    "you",
+    "48",
+    "/",
+    "24",
+    "####",
+    "72",
+    "sold",
+    "clips",
+    "the",
+    "cat",
+    "sat",
+    ":=",
+]
 
 # SmolLM2-135M-Instruct's template, with a shorter default system prompt in the test vocabulary
 SMOL_DEFAULT_SYSTEM = "You are a helpful bot ."
@@ -55,8 +106,14 @@ def word_tokenizer(
         backend.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A", special_tokens=[(bos, vocab[bos])]
         )
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token=pad, unk_token="<unk>", bos_token=bos,
-                                  eos_token="</s>", additional_special_tokens=SPECIAL[4:])  # fmt: skip
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token=pad,
+        unk_token="<unk>",
+        bos_token=bos,
+        eos_token="</s>",
+        additional_special_tokens=SPECIAL[4:],
+    )
     if template is not None:
         tok.chat_template = template
     return tok

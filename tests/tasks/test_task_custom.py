@@ -68,8 +68,14 @@ def test_int_labels_dev_file_and_label_order(tmp_path, write_jsonl_gz):
     assert get_task("custom", data_files={"train": train}, num_labels=5).num_labels == 5
     # string labels in a given order
     csv_path = write_csv(tmp_path / "s.csv", reviews(20, labels=("pos", "neg")))
-    task = get_task("custom", data_files={"train": csv_path}, text_fields="review", label_field="stars",
-                    label_names=("neg", "pos"), label_words=("No", "Yes"))  # fmt: skip
+    task = get_task(
+        "custom",
+        data_files={"train": csv_path},
+        text_fields="review",
+        label_field="stars",
+        label_names=("neg", "pos"),
+        label_words=("No", "Yes"),
+    )
     assert task.label_words == ("No", "Yes") and task.text_fields == ("review",)
     assert all(r["label"] == int(r["stars"] == "pos") for r in load_splits(task)["train"])
 
@@ -95,7 +101,13 @@ def test_errors(tmp_path):
     with pytest.raises(SpartaError, match="column 'label' not found"):
         get_task("custom", data_files={"train": path}, text_fields=("review",))
     with pytest.raises(SpartaError, match="not among label_names"):
-        get_task("custom", data_files={"train": path}, text_fields=("review",), label_field="stars", label_names=("good", "bad"))  # fmt: skip
+        get_task(
+            "custom",
+            data_files={"train": path},
+            text_fields=("review",),
+            label_field="stars",
+            label_names=("good", "bad"),
+        )
     with pytest.raises(SpartaError, match="num_labels=2 but"):
         get_task(
             "custom", data_files={"train": path}, text_fields=("review",), label_field="stars", num_labels=2
@@ -149,7 +161,9 @@ def test_unlabelled_rows_in_a_csv_are_an_error_not_a_class(tmp_path, rows, bad, 
     message = str(err.value)
     assert message.startswith(f"{path}: column 'label' holds labels {bad} that are not {expected}; ")
     assert UNLABELLED_HINT in message and "drop those rows, or leave that file out" in message
-    assert message.endswith("custom task labels must be ints 0..c-1 for c classes, or strings (each distinct string is one class)")  # fmt: skip
+    assert message.endswith(
+        "custom task labels must be ints 0..c-1 for c classes, or strings (each distinct string is one class)"
+    )
 
 
 def test_unlabelled_test_file_and_missing_or_null_labels_name_their_file(tmp_path):

@@ -126,7 +126,11 @@ def test_layouts_of_mrpc_mnli_imdb_mmlu(tmp_path, write_jsonl_gz, pair_rows):
     write_jsonl_gz(tmp_path / "mrpc" / "validation.jsonl.gz", pair_rows(8, start=50))
     write_jsonl_gz(tmp_path / "mrpc" / "test.jsonl.gz", pair_rows(9, start=100))
     s = load_splits("mrpc", tmp_path)
-    assert (idxs(s["train"]), idxs(s["dev"]), idxs(s["test"])) == (list(range(50)), list(range(50, 58)), list(range(100, 109)))  # fmt: skip
+    assert (idxs(s["train"]), idxs(s["dev"]), idxs(s["test"])) == (
+        list(range(50)),
+        list(range(50, 58)),
+        list(range(100, 109)),
+    )
 
     nli = [{"premise": "p", "hypothesis": "h", "label": i % 3, "idx": i} for i in range(30)]
     write_jsonl_gz(tmp_path / "mnli" / "train.jsonl.gz", nli)

@@ -45,8 +45,11 @@ def test_mixed_labels_in_a_csv_name_every_odd_line(tmp_path):
         writer = csv.DictWriter(f, fieldnames=["text", "label"])
         writer.writeheader()
         writer.writerows(rows)
-    with pytest.raises(SpartaError, match=r"train.csv: lines 5, 12: labels '0', '1' are integers, while the other "
-                       r"38 labels are not \(neg, pos\)"):  # fmt: skip
+    with pytest.raises(
+        SpartaError,
+        match=r"train.csv: lines 5, 12: labels '0', '1' are integers, while the other "
+        r"38 labels are not \(neg, pos\)",
+    ):
         get_task(str(path))
 
 
@@ -54,8 +57,11 @@ def test_a_rare_class_is_an_error_unless_allowed(tmp_path):
     labels = ["pos", "neg"] * 150
     labels[7] = "postive"
     train = jsonl(tmp_path / "train.jsonl", labels)
-    with pytest.raises(SpartaError, match=r"train.jsonl: line 8: class 'postive' has 1 training row of 300; .*"
-                       r"--allow-rare-labels"):  # fmt: skip
+    with pytest.raises(
+        SpartaError,
+        match=r"train.jsonl: line 8: class 'postive' has 1 training row of 300; .*"
+        r"--allow-rare-labels",
+    ):
         get_task(train)
     assert get_task(train, allow_rare_labels=True).label_names == ("neg", "pos", "postive")
 
@@ -106,8 +112,10 @@ def test_a_capped_eval_sample_without_a_class_only_warns(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="sparta.tasks.labels"):
         splits = load_splits(task, max_eval_samples=3)
     assert {r["label"] for r in splits["dev"]} == {0}
-    assert any("dev split (a sample of 3: --max-eval-samples) has no example of class(es) 1" in m
-               for m in caplog.messages)  # fmt: skip
+    assert any(
+        "dev split (a sample of 3: --max-eval-samples) has no example of class(es) 1" in m
+        for m in caplog.messages
+    )
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="sparta.tasks.labels"):
         load_splits(task)  # the whole dev file has both classes

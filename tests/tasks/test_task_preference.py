@@ -32,7 +32,7 @@ def test_a_pair_splits_at_the_last_shared_assistant_turn():
             "\n\nHuman: a\n\nAssistant: b\n\nHuman: c\n\nAssistant: d",
             "\n\nHuman: a\n\nAssistant: x\n\nHuman: c\n\nAssistant: d",
             "diverges before the last reply",
-        ),  # fmt: skip
+        ),
         ("no dialogue here", "nor here", "no shared prompt"),
     ],
 )

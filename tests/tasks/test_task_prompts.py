@@ -86,7 +86,13 @@ def test_instruct_formats(tokenizer):
     )
     mmlu = format_input("mmlu", MMLU, tokenizer, instruct=True)
     assert mmlu == chat(tokenizer, "2 + 2 =\nA. 3\nB. 4\nC. 5\nD. 22\nAnswer with A, B, C or D.")
-    custom = format_input("imdb", {"text": "Great!", "label": 1}, tokenizer, instruct=True, template="Review: {text}\n{instruction}")  # fmt: skip
+    custom = format_input(
+        "imdb",
+        {"text": "Great!", "label": 1},
+        tokenizer,
+        instruct=True,
+        template="Review: {text}\n{instruction}",
+    )
     assert custom == chat(tokenizer, f"Review: Great!\n{get_task('imdb').instruction}")
 
 
@@ -98,7 +104,10 @@ def test_filter_by_length(tokenizer):
     assert kept == [e for e, n in zip(examples, base_lengths, strict=True) if n <= limit] and len(kept) == 3
     assert filter_by_length(get_task("sst2", max_length=limit), examples, tokenizer) == kept
     # instruct inputs are longer (instruction + chat tokens) and tokenized without extra special tokens
-    lengths = [len(tokenizer(format_input("sst2", e, tokenizer, instruct=True), add_special_tokens=False).input_ids) for e in examples]  # fmt: skip
+    lengths = [
+        len(tokenizer(format_input("sst2", e, tokenizer, instruct=True), add_special_tokens=False).input_ids)
+        for e in examples
+    ]
     limit = sorted(lengths)[2]
     inst = filter_by_length("sst2", examples, tokenizer, instruct=True, max_length=limit)
     assert inst == [e for e, n in zip(examples, lengths, strict=True) if n <= limit] and len(inst) == 3

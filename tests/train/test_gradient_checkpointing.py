@@ -14,8 +14,17 @@ from sparta.train.setup import enable_gradient_checkpointing
 from tinysft import random_lm_data, tiny_lm
 
 LM = LanguageModelling()
-CFG = SimpleNamespace(method="sparta", density=0.2, targets=None, seed=0, index_seed=None, lora_r=4,
-                      lora_alpha=8.0, lora_dropout=0.0, lm_head="frozen")  # fmt: skip
+CFG = SimpleNamespace(
+    method="sparta",
+    density=0.2,
+    targets=None,
+    seed=0,
+    index_seed=None,
+    lora_r=4,
+    lora_alpha=8.0,
+    lora_dropout=0.0,
+    lm_head="frozen",
+)
 
 
 def trainable_grads(

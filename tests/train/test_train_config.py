@@ -92,8 +92,22 @@ def test_every_field_has_a_flag_and_help():
 def test_the_existing_flag_spellings_keep_their_meaning(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("zero_shot: true\nrestore-best: false\nmax_steps: 5\nresume: true\n")
-    cfg = parse(["--config", str(path), "--no-zero-shot", "--no-progress", "--overwrite", "--resume", "--dtype",
-                 "bfloat16", "--label-words", "No, Yes", "--text-fields", "a,b"])  # fmt: skip
+    cfg = parse(
+        [
+            "--config",
+            str(path),
+            "--no-zero-shot",
+            "--no-progress",
+            "--overwrite",
+            "--resume",
+            "--dtype",
+            "bfloat16",
+            "--label-words",
+            "No, Yes",
+            "--text-fields",
+            "a,b",
+        ]
+    )
     assert (cfg.zero_shot, cfg.progress, cfg.overwrite, cfg.resume) == (False, False, True, True)
     assert cfg.restore_best is False and cfg.max_steps == 5 and cfg.dtype == "bfloat16"
     assert cfg.label_words == ["No", "Yes"] and cfg.text_fields == ["a", "b"]
@@ -107,11 +121,26 @@ def test_the_existing_flag_spellings_keep_their_meaning(tmp_path):
 def test_a_config_round_trips_through_yaml_and_through_flags(tmp_path):
     from sparta.train.config import load_yaml
 
-    cfg = TrainConfig(task="custom", method="lora", train_file="a b/train.jsonl", label_words=["No", "Yes"],
-                      targets=["q_proj", "o_proj"], density=0.0347222222, lr=3e-3, max_steps=40,
-                      max_grad_norm=None, restore_best=False, zero_shot=False, progress=False, overwrite=True,
-                      resume="runs/old", dtype="bfloat16", template="-{text}", index_seed=1000,
-                      extra={"note": "x"})  # fmt: skip
+    cfg = TrainConfig(
+        task="custom",
+        method="lora",
+        train_file="a b/train.jsonl",
+        label_words=["No", "Yes"],
+        targets=["q_proj", "o_proj"],
+        density=0.0347222222,
+        lr=3e-3,
+        max_steps=40,
+        max_grad_norm=None,
+        restore_best=False,
+        zero_shot=False,
+        progress=False,
+        overwrite=True,
+        resume="runs/old",
+        dtype="bfloat16",
+        template="-{text}",
+        index_seed=1000,
+        extra={"note": "x"},
+    )
     path = tmp_path / "cfg.yaml"
     path.write_text(cfg.to_yaml())
     assert TrainConfig.from_dict(load_yaml(path)) == cfg

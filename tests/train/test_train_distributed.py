@@ -25,14 +25,58 @@ def _free_port() -> int:
 
 def _launch_two(cfg, tmp_path: Path) -> dict:
     """`accelerate launch --multi_gpu --num_processes 2 sparta train ...` (CPU-only: gloo, MULTI_CPU)."""
-    argv = ["train", "--task", "custom", "--train-file", cfg.train_file, "--dev-file", cfg.dev_file,
-            "--test-file", cfg.test_file, "--model", cfg.model, "--output", cfg.output, "--method", cfg.method,
-            "--batch-size", str(cfg.batch_size), "--max-steps", str(cfg.max_steps), "--lr", str(cfg.lr),
-            "--eval-every", str(cfg.eval_every), "--lora-dropout", "0", "--device", "cpu", "--no-progress",
-            "--log-every", "1", "--grad-accum", str(cfg.grad_accum)]  # fmt: skip
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", str(_free_port()), str(SPARTA), *argv]  # fmt: skip
+    argv = [
+        "train",
+        "--task",
+        "custom",
+        "--train-file",
+        cfg.train_file,
+        "--dev-file",
+        cfg.dev_file,
+        "--test-file",
+        cfg.test_file,
+        "--model",
+        cfg.model,
+        "--output",
+        cfg.output,
+        "--method",
+        cfg.method,
+        "--batch-size",
+        str(cfg.batch_size),
+        "--max-steps",
+        str(cfg.max_steps),
+        "--lr",
+        str(cfg.lr),
+        "--eval-every",
+        str(cfg.eval_every),
+        "--lora-dropout",
+        "0",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--log-every",
+        "1",
+        "--grad-accum",
+        str(cfg.grad_accum),
+    ]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        str(SPARTA),
+        *argv,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(launch, env=env, capture_output=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
@@ -59,8 +103,17 @@ def test_two_processes_match_one_with_the_same_global_batch(toy_config, tmp_path
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["lora", "dora", "head", "full"])
 def test_two_processes_match_one_for_the_baselines(toy_config, tmp_path, method):
-    one, two = _two_vs_one(toy_config, tmp_path, method=method, lr=1e-3, max_steps=4, eval_every=2, grad_accum=2,
-                           lora_dropout=0.0, zero_shot=False)  # fmt: skip
+    one, two = _two_vs_one(
+        toy_config,
+        tmp_path,
+        method=method,
+        lr=1e-3,
+        max_steps=4,
+        eval_every=2,
+        grad_accum=2,
+        lora_dropout=0.0,
+        zero_shot=False,
+    )
     assert two["processes"] == 2
     assert_same_run(one, two, dev_and_test=False)
 
@@ -71,8 +124,16 @@ def test_bf16_autocast_gives_finite_delta_grads_close_to_fp32():
     from sparta import SpartaConfig, get_sparta_model
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, num_labels=2, pad_token_id=0)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_labels=2,
+        pad_token_id=0,
+    )
     model = get_sparta_model(LlamaForSequenceClassification(config), SpartaConfig(density=0.1, seed=0))
     ids = torch.randint(1, 64, (4, 12), generator=torch.Generator().manual_seed(1))
     labels = torch.tensor([0, 1, 1, 0])
@@ -101,8 +162,15 @@ def test_sparta_keeps_frozen_and_trainable_tensors_in_separate_parameters():
     from sparta import SpartaConfig, get_sparta_model
     from sparta.adapter.layer import SpartaLinear
 
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=4, num_key_value_heads=2, num_labels=2)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_labels=2,
+    )
     model = get_sparta_model(LlamaForSequenceClassification(config), SpartaConfig(density=0.1))
     layers = [m for m in model.modules() if isinstance(m, SpartaLinear)]
     assert layers

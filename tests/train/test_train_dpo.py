@@ -22,8 +22,14 @@ from tinylm import FILLER, make_tokenizer
 
 def _pairs(n: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
-    return [{"prompt": " ".join(rng.sample(FILLER, rng.randint(2, 5))), "chosen": "Yes good .", "rejected": rng.choice(["No bad !", "bad"])}
-            for _ in range(n)]  # fmt: skip
+    return [
+        {
+            "prompt": " ".join(rng.sample(FILLER, rng.randint(2, 5))),
+            "chosen": "Yes good .",
+            "rejected": rng.choice(["No bad !", "bad"]),
+        }
+        for _ in range(n)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -33,18 +39,31 @@ def pref_files(tmp_path_factory) -> dict[str, Path]:
     for split, n, seed in (("train", 24, 1), ("dev", 6, 2), ("test", 6, 3)):
         files[split] = root / f"{split}.jsonl"
         files[split].write_text("".join(json.dumps(r) + "\n" for r in _pairs(n, seed)))
-    (root / "bad.jsonl").write_text(files["train"].read_text() + json.dumps({"prompt": "a", "chosen": "good",
-                                                                             "rejected": "good"}) + "\n")  # fmt: skip
+    (root / "bad.jsonl").write_text(
+        files["train"].read_text() + json.dumps({"prompt": "a", "chosen": "good", "rejected": "good"}) + "\n"
+    )
     return files | {"bad": root / "bad.jsonl"}
 
 
 @pytest.fixture
 def dpo_config(pref_files, tied_instruct_model_dir, tmp_path):
     def make(**overrides) -> TrainConfig:
-        values = dict(task="custom", train_file=str(pref_files["train"]), dev_file=str(pref_files["dev"]),
-                      test_file=str(pref_files["test"]), model=str(tied_instruct_model_dir), output=str(tmp_path / "run"),
-                      batch_size=4, max_steps=4, eval_every=2, lr=1e-2, density=0.2, progress=False, device="cpu",
-                      max_new_tokens=3)  # fmt: skip
+        values = dict(
+            task="custom",
+            train_file=str(pref_files["train"]),
+            dev_file=str(pref_files["dev"]),
+            test_file=str(pref_files["test"]),
+            model=str(tied_instruct_model_dir),
+            output=str(tmp_path / "run"),
+            batch_size=4,
+            max_steps=4,
+            eval_every=2,
+            lr=1e-2,
+            density=0.2,
+            progress=False,
+            device="cpu",
+            max_new_tokens=3,
+        )
         return TrainConfig(**(values | overrides))
 
     return make
@@ -133,10 +152,20 @@ def test_init_from_an_sft_run_makes_it_the_reference(dpo_config, tied_instruct_m
     """SpaRTA: the SFT deltas merged into the base weights are the new W0, so the DPO run's disabled adapter is
     exactly the SFT model (no copy), and the reopened DPO run is built on it."""
     sft_file = tmp_path / "sft.jsonl"
-    sft_file.write_text("".join(json.dumps({"prompt": r["prompt"], "completion": r["chosen"]}) + "\n"
-                                for r in _pairs(16, 5)))  # fmt: skip
-    sft = train(dpo_config(train_file=str(sft_file), dev_file=None, test_file=None, objective="language-modelling",
-                           output=str(tmp_path / "sft"), lr=3e-2, zero_shot=False))  # fmt: skip
+    sft_file.write_text(
+        "".join(json.dumps({"prompt": r["prompt"], "completion": r["chosen"]}) + "\n" for r in _pairs(16, 5))
+    )
+    sft = train(
+        dpo_config(
+            train_file=str(sft_file),
+            dev_file=None,
+            test_file=None,
+            objective="language-modelling",
+            output=str(tmp_path / "sft"),
+            lr=3e-2,
+            zero_shot=False,
+        )
+    )
     sft_dir = Path(sft["adapter_path"]).parent
     sft_model, tok = open_causal_run(sft_dir, read_json(sft_dir / "run.json"), torch.float32)
     data = Preference().encode(_pairs(4, 9), None, make_tokenizer(chat=True), True)

@@ -57,8 +57,16 @@ def test_checkpoints_with_sharded_parameters_are_a_clear_error(toy_config, monke
 
 
 def _launch_fsdp(cfg, tmp_path: Path) -> dict:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER),
-           json.dumps(cfg.to_dict())]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(WORKER),
+        json.dumps(cfg.to_dict()),
+    ]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     proc = subprocess.run(cmd, env=env, capture_output=True, cwd=tmp_path, timeout=300)

@@ -150,9 +150,29 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(
 
     monkeypatch.setattr(Classification, "batch_loss", staticmethod(nan_at_step_4))
     cfg = toy_config()
-    argv = ["train", "--task", "custom", "--train-file", cfg.train_file, "--dev-file", cfg.dev_file,
-            "--model", cfg.model, "--output", cfg.output, "--batch-size", "8", "--max-steps", "8",
-            "--save-every", "2", "--device", "cpu", "--no-progress", "--no-zero-shot"]  # fmt: skip
+    argv = [
+        "train",
+        "--task",
+        "custom",
+        "--train-file",
+        cfg.train_file,
+        "--dev-file",
+        cfg.dev_file,
+        "--model",
+        cfg.model,
+        "--output",
+        cfg.output,
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "8",
+        "--save-every",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--no-zero-shot",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "training loss is nan at step 4" in err and "checkpoint-2" in err and "Traceback" not in err

@@ -40,9 +40,20 @@ def toy_sft_files(tmp_path_factory) -> dict[str, str]:
 def sft_config(toy_sft_files, tied_instruct_model_dir, tmp_path):
     def make(**overrides) -> TrainConfig:
         files = {f"{split}_file": path for split, path in toy_sft_files.items()}
-        values = dict(task="custom", objective="language-modelling", **files, model=str(tied_instruct_model_dir), output=str(tmp_path / "run"),
-                      batch_size=8, max_steps=6, eval_every=3, lr=1e-2, log_every=1, progress=False,
-                      device="cpu")  # fmt: skip
+        values = dict(
+            task="custom",
+            objective="language-modelling",
+            **files,
+            model=str(tied_instruct_model_dir),
+            output=str(tmp_path / "run"),
+            batch_size=8,
+            max_steps=6,
+            eval_every=3,
+            lr=1e-2,
+            log_every=1,
+            progress=False,
+            device="cpu",
+        )
         return TrainConfig(**(values | overrides))
 
     return make
@@ -64,13 +75,19 @@ def test_an_sft_run_writes_what_a_classification_run_writes(sft_config, toy_conf
     out = Path(sft["adapter_path"]).parent
     info = json.loads((out / "run.json").read_text())
     assert (info["objective"], info["loss_on"], info["lm_head"], info["lm_head_untied"]) == (
-        "language-modelling", "assistant", "train", True)  # fmt: skip
+        "language-modelling",
+        "assistant",
+        "train",
+        True,
+    )
     assert info["num_labels"] == 0 and info["adapter"] == "adapter"
     with open(out / "log.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == list(range(1, 7)) and rows[2]["dev_loss"]
-    assert any("target tokens" in r.getMessage() and r.getMessage().startswith("data: train 48 examples")
-               for r in caplog.records)  # fmt: skip
+    assert any(
+        "target tokens" in r.getMessage() and r.getMessage().startswith("data: train 48 examples")
+        for r in caplog.records
+    )
 
 
 class Crash(Exception):
@@ -111,12 +128,26 @@ def test_two_processes_match_one_with_the_same_global_batch(sft_config, tmp_path
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
     if engine == "ddp":
-        launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                  "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port]  # fmt: skip
+        launch = [
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            port,
+        ]
     else:
         launch = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
-    proc = subprocess.run([sys.executable, *launch, *worker], env=env, capture_output=True, cwd=tmp_path,
-                          timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, *launch, *worker], env=env, capture_output=True, cwd=tmp_path, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     assert two["processes"] == 2 and one["history"][0]["train_loss"] != one["history"][-1]["train_loss"]
@@ -167,8 +198,15 @@ def test_sft_settings_are_checked(sft_config, toy_config, tmp_path):
     with pytest.raises(SpartaError, match="--lm-head apply to language-modelling"):
         train(toy_config(lm_head="train", output=str(tmp_path / "never")))
     assert not (tmp_path / "never").exists()  # refused before the run dir is made
-    cfg = TrainConfig(objective="language-modelling", loss_on="all", lm_head="train", gradient_checkpointing=True,
-                      eval_generate=False, max_new_tokens=32, keep_calculator=True)  # fmt: skip
+    cfg = TrainConfig(
+        objective="language-modelling",
+        loss_on="all",
+        lm_head="train",
+        gradient_checkpointing=True,
+        eval_generate=False,
+        max_new_tokens=32,
+        keep_calculator=True,
+    )
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     assert "--gradient-checkpointing" in cfg.to_argv() and "--keep-calculator" in cfg.to_argv()
 
@@ -187,8 +225,11 @@ class _Ranks(Runtime):
 
 
 def _step_grads(chunk, rt, batch_size) -> dict[str, torch.Tensor]:
-    net = get_method("sparta").apply(tiny_lm("llama-untied"), SimpleNamespace(
-        density=0.3, targets=None, seed=0, index_seed=None, lm_head="frozen"), LM)  # fmt: skip
+    net = get_method("sparta").apply(
+        tiny_lm("llama-untied"),
+        SimpleNamespace(density=0.3, targets=None, seed=0, index_seed=None, lm_head="frozen"),
+        LM,
+    )
     cfg = SimpleNamespace(batch_size=batch_size, padding_side="right")
     setup = SimpleNamespace(
         enc={"train": random_lm_data(8, seed=9)},
@@ -228,8 +269,15 @@ def test_a_checkpoint_from_before_the_sft_settings_resumes(toy_config, tmp_path)
         train(cfg, on_step=crash)
     state_file = Path(cfg.output) / "checkpoint-2" / "state.json"
     state = json.loads(state_file.read_text())
-    new = ("objective", "loss_on", "lm_head", "gradient_checkpointing", "eval_generate", "max_new_tokens",
-           "keep_calculator")  # fmt: skip
+    new = (
+        "objective",
+        "loss_on",
+        "lm_head",
+        "gradient_checkpointing",
+        "eval_generate",
+        "max_new_tokens",
+        "keep_calculator",
+    )
     state["config"] = {k: v for k, v in state["config"].items() if k not in new}
     state_file.write_text(json.dumps(state))
     cfg.resume = True

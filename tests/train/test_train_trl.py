@@ -18,9 +18,19 @@ def test_trl_sft_trainer_trains_and_saves_the_adapter(tmp_path):
     tok = make_tokenizer(chat=False)
     sm = get_sparta_model(make_causal_lm(len(tok), tied=True), SpartaConfig(density=0.2, seed=0))
     data = datasets.Dataset.from_list([{"text": r["text"]} for r in toy_examples(16, 0)])
-    args = trl.SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=2, learning_rate=1e-2,
-                         report_to=[], save_strategy="steps", save_steps=2, use_cpu=True, logging_strategy="no",
-                         max_length=32, disable_tqdm=True)  # fmt: skip
+    args = trl.SFTConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        max_steps=2,
+        learning_rate=1e-2,
+        report_to=[],
+        save_strategy="steps",
+        save_steps=2,
+        use_cpu=True,
+        logging_strategy="no",
+        max_length=32,
+        disable_tqdm=True,
+    )
     assert args.gradient_checkpointing
     trl.SFTTrainer(model=sm, args=args, train_dataset=data, processing_class=tok).train()
     assert all(float(d.detach().abs().sum()) > 0 for d in sm.delta_parameters().values())
@@ -40,11 +50,23 @@ def test_trl_dpo_trainer_with_precomputed_reference_log_probs(tmp_path):
     tok = make_tokenizer(chat=False)
     sm = get_sparta_model(make_causal_lm(len(tok), tied=False), SpartaConfig(density=0.2, seed=0))
     rows = [{"prompt": r["text"], "chosen": " good .", "rejected": " bad !"} for r in toy_examples(8, 0)]
-    args = trl.DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=2, learning_rate=1e-2,
-                         report_to=[], save_strategy="no", use_cpu=True, logging_strategy="no", max_length=32,
-                         disable_tqdm=True, precompute_ref_log_probs=True, gradient_checkpointing=False)  # fmt: skip
-    trainer = trl.DPOTrainer(model=sm, args=args, train_dataset=datasets.Dataset.from_list(rows),
-                             processing_class=tok)  # fmt: skip
+    args = trl.DPOConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        max_steps=2,
+        learning_rate=1e-2,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        logging_strategy="no",
+        max_length=32,
+        disable_tqdm=True,
+        precompute_ref_log_probs=True,
+        gradient_checkpointing=False,
+    )
+    trainer = trl.DPOTrainer(
+        model=sm, args=args, train_dataset=datasets.Dataset.from_list(rows), processing_class=tok
+    )
     assert trainer.ref_model is None
     trainer.train()
     assert {"ref_chosen_logps", "ref_rejected_logps"} <= set(trainer.train_dataset.column_names)

@@ -181,8 +181,19 @@ def sampled_dot(
     out = torch.zeros(nnz, dtype=torch.float32)
     work = _work_buffer(threads * (rows + cols) * TILE)
     fn(
-        row_act.data_ptr(), row_act.stride(0), col_act.data_ptr(), col_act.stride(0),
-        int(row_act.dtype == torch.bfloat16), 0, n_tokens, rows, cols, crow.data_ptr(), col.data_ptr(),
-        out.data_ptr(), work.data_ptr(), threads,
-    )  # fmt: skip
+        row_act.data_ptr(),
+        row_act.stride(0),
+        col_act.data_ptr(),
+        col_act.stride(0),
+        int(row_act.dtype == torch.bfloat16),
+        0,
+        n_tokens,
+        rows,
+        cols,
+        crow.data_ptr(),
+        col.data_ptr(),
+        out.data_ptr(),
+        work.data_ptr(),
+        threads,
+    )
     return out

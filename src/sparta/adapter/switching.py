@@ -127,9 +127,12 @@ class AdapterSwitching:
             if target.module_name in wrapped:
                 continue
             module = self.base_model.get_submodule(target.module_name)
-            layer = SpartaLinear(module, torch.empty(0, dtype=torch.int64),
-                                 transposed=bool(Conv1D) and isinstance(module, Conv1D),
-                                 delta_dtype=next(iter(self.delta_parameters().values())).dtype,
-                                 merge_mode=self.sparta_config.merge_mode)  # fmt: skip
+            layer = SpartaLinear(
+                module,
+                torch.empty(0, dtype=torch.int64),
+                transposed=bool(Conv1D) and isinstance(module, Conv1D),
+                delta_dtype=next(iter(self.delta_parameters().values())).dtype,
+                merge_mode=self.sparta_config.merge_mode,
+            )
             parent, _, child = target.module_name.rpartition(".")
             setattr(self.base_model.get_submodule(parent) if parent else self.base_model, child, layer)

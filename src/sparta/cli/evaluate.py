@@ -71,8 +71,16 @@ def run(args: argparse.Namespace) -> int:
     if loaded.kind == "merged" and not args.task:
         raise SpartaError(f"{args.dir} is a merged model; pass --task, one of {', '.join(loaded.tasks)}")
     head = loaded.head(args.task if loaded.kind == "merged" else None)
-    metrics = evaluate(loaded, head.name, args.split, args.data_dir, args.max_eval_samples, args.batch_size,
-                       generate=args.generate, max_new_tokens=args.max_new_tokens)  # fmt: skip
+    metrics = evaluate(
+        loaded,
+        head.name,
+        args.split,
+        args.data_dir,
+        args.max_eval_samples,
+        args.batch_size,
+        generate=args.generate,
+        max_new_tokens=args.max_new_tokens,
+    )
     shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
     merged = " (merged)" if loaded.kind == "merged" else ""
     print(f"{head.spec.name if not merged else head.name} {args.split}{merged}: {shown}")

@@ -47,8 +47,13 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
 
 def sampling(args: argparse.Namespace) -> dict:
     """The keyword arguments of `generate_texts` given on the command line."""
-    return {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
-            "seed": args.seed, "system": args.system}  # fmt: skip
+    return {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "seed": args.seed,
+        "system": args.system,
+    }
 
 
 def open_for_generation(args: argparse.Namespace) -> Loaded:

@@ -141,19 +141,43 @@ def _print_tuning(tuning: dict) -> None:
     """The evidence table: every candidate's per-task dev accuracy (%) and drop (points), the chosen one marked."""
     tasks = list(tuning["single"])
     param = tuning["parameter"]
-    header = ["", *([param] if param else []), *(f"w:{t}" for t in tasks), *(f"{t} acc" for t in tasks),
-              *(f"{t} drop" for t in tasks), "worst", "mean"]  # fmt: skip
-    rows = [["single", *([""] if param else []), *("" for _ in tasks),
-             *(f"{100 * tuning['single'][t]['accuracy']:.2f}" for t in tasks), *("" for _ in tasks), "", ""]]  # fmt: skip
+    header = [
+        "",
+        *([param] if param else []),
+        *(f"w:{t}" for t in tasks),
+        *(f"{t} acc" for t in tasks),
+        *(f"{t} drop" for t in tasks),
+        "worst",
+        "mean",
+    ]
+    rows = [
+        [
+            "single",
+            *([""] if param else []),
+            *("" for _ in tasks),
+            *(f"{100 * tuning['single'][t]['accuracy']:.2f}" for t in tasks),
+            *("" for _ in tasks),
+            "",
+            "",
+        ]
+    ]
     for k, c in enumerate(tuning["candidates"]):
-        rows.append([
-            "*" if k == tuning["chosen"] else str(k), *([f"{c[param]:g}"] if param else []),
-            *(f"{c['weights'][t]:g}" for t in tasks), *(f"{100 * c['accuracy'][t]:.2f}" for t in tasks),
-            *(f"{c['drop'][t]:+.2f}" for t in tasks), f"{c['worst_drop']:+.2f}", f"{c['mean_drop']:+.2f}",
-        ])  # fmt: skip
+        rows.append(
+            [
+                "*" if k == tuning["chosen"] else str(k),
+                *([f"{c[param]:g}"] if param else []),
+                *(f"{c['weights'][t]:g}" for t in tasks),
+                *(f"{100 * c['accuracy'][t]:.2f}" for t in tasks),
+                *(f"{c['drop'][t]:+.2f}" for t in tasks),
+                f"{c['worst_drop']:+.2f}",
+                f"{c['mean_drop']:+.2f}",
+            ]
+        )
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    print(f"tuning on dev ({', '.join(f'{t}: {n:,}' for t, n in tuning['dev_examples'].items())} examples; "
-          f"{tuning['seconds_per_candidate']:.2f} s per candidate); drop = single - merged accuracy, points")  # fmt: skip
+    print(
+        f"tuning on dev ({', '.join(f'{t}: {n:,}' for t, n in tuning['dev_examples'].items())} examples; "
+        f"{tuning['seconds_per_candidate']:.2f} s per candidate); drop = single - merged accuracy, points"
+    )
     for r in [header, *rows]:
         print("  " + "  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)))
 
@@ -162,12 +186,16 @@ def _print_report(doc: dict, output: str) -> None:
     """What was merged, by which rule, how the adapters interact and what survives."""
     n = len(doc["tasks"])
     rule = " ".join(f"{k}={v}" for k, v in doc["strategy"].items() if k != "name")
-    print(f"merged {n} adapter{'s' * (n != 1)} into {output} (base {doc['base_model']}; "
-          f"strategy {doc['strategy']['name']}{' ' + rule if rule else ''})")  # fmt: skip
+    print(
+        f"merged {n} adapter{'s' * (n != 1)} into {output} (base {doc['base_model']}; "
+        f"strategy {doc['strategy']['name']}{' ' + rule if rule else ''})"
+    )
     for t in doc["tasks"]:
         labels = f"{t['num_labels']} labels" if "num_labels" in t else f"LM head {t['lm_head']}"
-        print(f"  {t['name']}: weight {t['weight']:g}, {t['deltas']:,} deltas, seed {t['adapter_seed']}, "
-              f"{labels}, from {t['source']}")  # fmt: skip
+        print(
+            f"  {t['name']}: weight {t['weight']:g}, {t['deltas']:,} deltas, seed {t['adapter_seed']}, "
+            f"{labels}, from {t['source']}"
+        )
     for p in doc["interactions"]:
         print(
             f"  {p['a']} x {p['b']}: overlap {p['overlap']:,} positions ({100 * p['overlap_share_a']:.2f}% of "
@@ -194,10 +222,16 @@ def run(args: argparse.Namespace) -> int:
         if args.weights is not None:
             raise SpartaError("--weights and --tune-weights exclude each other: tuning chooses the weights")
         doc = tune_merge(
-            args.adapters, args.output, weight_grid=args.weight_grid or WEIGHT_GRID, param_grid=args.param_grid,
-            data_dir=args.data_dir, max_eval_samples=args.max_eval_samples, batch_size=args.batch_size,
-            device=args.device, **common,
-        )  # fmt: skip
+            args.adapters,
+            args.output,
+            weight_grid=args.weight_grid or WEIGHT_GRID,
+            param_grid=args.param_grid,
+            data_dir=args.data_dir,
+            max_eval_samples=args.max_eval_samples,
+            batch_size=args.batch_size,
+            device=args.device,
+            **common,
+        )
         _print_tuning(doc["tuning"])
     else:
         for flag, value in (("--weight-grid", args.weight_grid), ("--param-grid", args.param_grid)):

@@ -19,8 +19,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "at most r), a SpaRTA adapter (checked against BASE's weights first) or a `sparta train` run directory; "
         "BASE may be left out when FINETUNED records its base model.",
     )
-    p.add_argument("paths", nargs="+", metavar="[BASE] FINETUNED",
-                   help="base (pre-trained) model directory, then a fine-tuned model, adapter or run directory")  # fmt: skip
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="[BASE] FINETUNED",
+        help="base (pre-trained) model directory, then a fine-tuned model, adapter or run directory",
+    )
     p.add_argument(
         "--tol",
         type=float,

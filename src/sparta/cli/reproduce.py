@@ -48,8 +48,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--model", help="another model for every cell (paper scale: per-model settings apply)"
     )
     parser.add_argument("--data-dir", help="folder holding <task>/<split>.jsonl.gz")
-    parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
-                        help="a `sparta train` setting for every cell, e.g. --set device=cuda (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a `sparta train` setting for every cell, e.g. --set device=cuda (repeatable)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the cells, commands and time estimate")
     parser.add_argument(
         "--report-only", action="store_true", help="rebuild tables and plots from finished cells"
@@ -57,8 +62,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--results-md", metavar="PATH", help="also write this section into PATH (docs/RESULTS.md)"
     )
-    parser.add_argument("--in-process", action="store_true",
-                        help="train cells in this process (faster start; peak memory is then cumulative)")  # fmt: skip
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="train cells in this process (faster start; peak memory is then cumulative)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -94,8 +102,10 @@ def run(args: argparse.Namespace) -> int:
         )
         if args.dry_run:
             return 0
-        print(f"ran {len(summary.ran)}, skipped {len(summary.skipped)} finished, failed {len(summary.failed)}"
-              + (f", merged {len(summary.merged)}" if summary.merged else ""))  # fmt: skip
+        print(
+            f"ran {len(summary.ran)}, skipped {len(summary.skipped)} finished, failed {len(summary.failed)}"
+            + (f", merged {len(summary.merged)}" if summary.merged else "")
+        )
         for key, why in summary.failed.items():
             print(f"  failed {key}: {why}")
         failed = len(summary.failed)

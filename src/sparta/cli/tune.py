@@ -38,20 +38,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group = parser.add_argument_group("search")
     group.add_argument("--budget-runs", type=int, default=8, help="training runs in all (default: 8)")
     group.add_argument("--grid", type=_floats, help="coarse densities (default: 1e-4,1e-3,1e-2,1e-1)")
-    group.add_argument("--small-samples", type=_optional_int, default=500,
-                       help="training examples for the coarse and refine stages (default: 500)")  # fmt: skip
-    group.add_argument("--large-samples", type=_optional_int, default=2000,
-                       help="training examples for the finalists ('none': no final stage; default: 2000)")  # fmt: skip
+    group.add_argument(
+        "--small-samples",
+        type=_optional_int,
+        default=500,
+        help="training examples for the coarse and refine stages (default: 500)",
+    )
+    group.add_argument(
+        "--large-samples",
+        type=_optional_int,
+        default=2000,
+        help="training examples for the finalists ('none': no final stage; default: 2000)",
+    )
     group.add_argument(
         "--finalists", type=int, default=2, help="densities rerun on the larger subset (default: 2)"
     )
-    group.add_argument("--gap-tol", type=float, default=0.15,
-                       help="gap closed when last dev loss - last train loss <= gap_tol * dev loss (default: 0.15)")  # fmt: skip
+    group.add_argument(
+        "--gap-tol",
+        type=float,
+        default=0.15,
+        help="gap closed when last dev loss - last train loss <= gap_tol * dev loss (default: 0.15)",
+    )
     group.add_argument(
         "--window", type=int, default=3, help="logged train losses averaged for the gap (default: 3)"
     )
-    group.add_argument("--patience", type=_optional_int, default=2,
-                       help="early stopping patience in dev evaluations (default: 2)")  # fmt: skip
+    group.add_argument(
+        "--patience",
+        type=_optional_int,
+        default=2,
+        help="early stopping patience in dev evaluations (default: 2)",
+    )
     group.add_argument(
         "--in-process", action="store_true", help="train in this process instead of subprocesses"
     )

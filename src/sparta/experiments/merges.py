@@ -31,8 +31,19 @@ from sparta.runs.layout import MERGED_FILE, RESULTS_FILE
 
 logger = logging.getLogger(__name__)
 MERGED_DIR = "merged"
-VARIANT_KEYS = ("rows", "strategy", "top_k", "drop", "dare_then", "dare_seed", "tune_weights", "weight_grid",
-                "param_grid", "max_eval_samples", "seeds")  # fmt: skip
+VARIANT_KEYS = (
+    "rows",
+    "strategy",
+    "top_k",
+    "drop",
+    "dare_then",
+    "dare_seed",
+    "tune_weights",
+    "weight_grid",
+    "param_grid",
+    "max_eval_samples",
+    "seeds",
+)
 
 
 @dataclass
@@ -63,8 +74,11 @@ class MergePlan:
             if self.tune.get("param_grid") is not None:
                 argv += ["--param-grid", ",".join(f"{v:g}" for v in self.tune["param_grid"])]
         argv += ["--eval", "--split", self.split]
-        for flag, value in (("--max-eval-samples", self.max_eval_samples), ("--data-dir", self.data_dir),
-                            ("--device", self.device)):  # fmt: skip
+        for flag, value in (
+            ("--max-eval-samples", self.max_eval_samples),
+            ("--data-dir", self.data_dir),
+            ("--device", self.device),
+        ):
             argv += [flag, str(value)] if value else []
         command = "sparta " + shlex.join(argv)
         if self.tune is not None and self.tune.get("max_eval_samples") != self.max_eval_samples:
@@ -90,8 +104,13 @@ def _variants(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _strategy(name: str, variant: dict[str, Any]) -> Strategy:
     try:
-        return strategy_from_options(variant.get("strategy", "sum"), variant.get("top_k"), variant.get("drop"),
-                                     variant.get("dare_then"), variant.get("dare_seed"))  # fmt: skip
+        return strategy_from_options(
+            variant.get("strategy", "sum"),
+            variant.get("top_k"),
+            variant.get("drop"),
+            variant.get("dare_then"),
+            variant.get("dare_seed"),
+        )
     except SpartaError as err:
         raise SpartaError(f"merge variant {name!r}: {err}") from None
 
@@ -112,8 +131,11 @@ def merge_plans(recipe: Recipe, scale: str, output: Path, cells: list[Cell]) -> 
         strategy = _strategy(name, variant)
         tune = None
         if variant.get("tune_weights"):
-            tune = {"weight_grid": [float(w) for w in variant.get("weight_grid") or WEIGHT_GRID],
-                    "param_grid": variant.get("param_grid"), "max_eval_samples": variant.get("max_eval_samples")}  # fmt: skip
+            tune = {
+                "weight_grid": [float(w) for w in variant.get("weight_grid") or WEIGHT_GRID],
+                "param_grid": variant.get("param_grid"),
+                "max_eval_samples": variant.get("max_eval_samples"),
+            }
         for seed in sorted({c.seed for c in cells}):
             if variant.get("seeds") is not None and seed not in variant["seeds"]:
                 continue
@@ -123,18 +145,35 @@ def merge_plans(recipe: Recipe, scale: str, output: Path, cells: list[Cell]) -> 
             cfg = sources[0].config(output)
             target = output / MERGED_DIR / name / f"seed{seed}"
             dirs = [s.directory(output) for s in sources]
-            out.append(MergePlan(dirs, target, spec.get("split", "test"), cfg.max_eval_samples, cfg.data_dir,
-                                 cfg.device, strategy, tune))  # fmt: skip
+            out.append(
+                MergePlan(
+                    dirs,
+                    target,
+                    spec.get("split", "test"),
+                    cfg.max_eval_samples,
+                    cfg.data_dir,
+                    cfg.device,
+                    strategy,
+                    tune,
+                )
+            )
     return out
 
 
 def merge_and_evaluate(plan: MergePlan) -> dict[str, Any]:
     """Merge the plan's adapters and compare each task's merged and single metrics (merged.json records both)."""
     if plan.tune is not None:
-        doc = tune_merge(plan.sources, plan.target, overwrite=True, strategy=plan.strategy,
-                         weight_grid=plan.tune["weight_grid"], param_grid=plan.tune.get("param_grid"),
-                         data_dir=plan.data_dir, max_eval_samples=plan.tune.get("max_eval_samples"),
-                         device=plan.device)  # fmt: skip
+        doc = tune_merge(
+            plan.sources,
+            plan.target,
+            overwrite=True,
+            strategy=plan.strategy,
+            weight_grid=plan.tune["weight_grid"],
+            param_grid=plan.tune.get("param_grid"),
+            data_dir=plan.data_dir,
+            max_eval_samples=plan.tune.get("max_eval_samples"),
+            device=plan.device,
+        )
     else:
         doc = merge_adapters(plan.sources, plan.target, overwrite=True, strategy=plan.strategy)
     comparison = compare_with_single(

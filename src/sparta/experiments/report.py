@@ -23,12 +23,43 @@ from sparta.experiments.merges import MERGED_DIR
 from sparta.experiments.recipes import Recipe
 from sparta.runs.layout import RESULTS_FILE
 
-CELL_COLUMNS = ["task", "row", "label", "seed", "method", "density", "targets", "trainable_params",
-                "trainable_percent", "test_loss", "test_metric", "dev_loss", "dev_metric", "zero_shot_test_metric",
-                "metric", "steps", "train_seconds", "step_seconds", "examples_per_s", "peak_memory_mb",
-                "adapter_bytes", "best_step", "stopped_early", "train_examples"]  # fmt: skip
-SUMMARY_STATS = ["test_loss", "test_metric", "dev_loss", "dev_metric", "trainable_percent", "step_seconds",
-                 "examples_per_s", "peak_memory_mb", "adapter_bytes"]  # fmt: skip
+CELL_COLUMNS = [
+    "task",
+    "row",
+    "label",
+    "seed",
+    "method",
+    "density",
+    "targets",
+    "trainable_params",
+    "trainable_percent",
+    "test_loss",
+    "test_metric",
+    "dev_loss",
+    "dev_metric",
+    "zero_shot_test_metric",
+    "metric",
+    "steps",
+    "train_seconds",
+    "step_seconds",
+    "examples_per_s",
+    "peak_memory_mb",
+    "adapter_bytes",
+    "best_step",
+    "stopped_early",
+    "train_examples",
+]
+SUMMARY_STATS = [
+    "test_loss",
+    "test_metric",
+    "dev_loss",
+    "dev_metric",
+    "trainable_percent",
+    "step_seconds",
+    "examples_per_s",
+    "peak_memory_mb",
+    "adapter_bytes",
+]
 RESULTS_MD = Path(__file__).resolve().parents[3] / "docs" / "RESULTS.md"
 
 
@@ -93,8 +124,16 @@ def collect(recipe: Recipe, output: str | Path) -> list[dict[str, Any]]:
     task_order = {t: i for i, t in enumerate(recipe.tasks)}
     row_order = {r: i for i, r in enumerate(recipe.rows)}
     big = len(task_order) + len(row_order)
-    return sorted(found, key=lambda r: (task_order.get(r["task"], big), r["task"],
-                                        row_order.get(r["row"], big), r["row"], r["seed"]))  # fmt: skip
+    return sorted(
+        found,
+        key=lambda r: (
+            task_order.get(r["task"], big),
+            r["task"],
+            row_order.get(r["row"], big),
+            r["row"],
+            r["seed"],
+        ),
+    )
 
 
 def mean_sd(values: list[float | None]) -> tuple[float | None, float | None, int]:
@@ -112,9 +151,16 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         groups[(r["task"], r["row"])].append(r)
     out = []
     for (task, row), rs in groups.items():
-        summary = {"task": task, "row": row, "label": rs[0]["label"], "method": rs[0]["method"],
-                   "density": rs[0]["density"], "metric": rs[0]["metric"], "n": len(rs),
-                   "seeds": [r["seed"] for r in rs]}  # fmt: skip
+        summary = {
+            "task": task,
+            "row": row,
+            "label": rs[0]["label"],
+            "method": rs[0]["method"],
+            "density": rs[0]["density"],
+            "metric": rs[0]["metric"],
+            "n": len(rs),
+            "seeds": [r["seed"] for r in rs],
+        }
         for stat in SUMMARY_STATS:
             summary[f"{stat}_mean"], summary[f"{stat}_sd"], _ = mean_sd([r[stat] for r in rs])
         out.append(summary)
@@ -148,14 +194,25 @@ def results_table(summaries: list[dict[str, Any]], tasks: list[str], rows: list[
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         present = [by[(t, row)] for t in tasks if (t, row) in by]
-        share = statistics.fmean(s["trainable_percent_mean"] for s in present if s["trainable_percent_mean"] is not None) if any(
-            s["trainable_percent_mean"] is not None for s in present) else None  # fmt: skip
+        share = (
+            statistics.fmean(
+                s["trainable_percent_mean"] for s in present if s["trainable_percent_mean"] is not None
+            )
+            if any(s["trainable_percent_mean"] is not None for s in present)
+            else None
+        )
         n = max(s["n"] for s in present)
         cells = [f"{present[0]['label']} (n={n})", _percent(share)]
         for t in tasks:
             s = by.get((t, row))
-            cells += ["–", "–"] if s is None else [fmt(s["test_loss_mean"], s["test_loss_sd"]),
-                                                   fmt(s["test_metric_mean"], s["test_metric_sd"], 100, 1)]  # fmt: skip
+            cells += (
+                ["–", "–"]
+                if s is None
+                else [
+                    fmt(s["test_loss_mean"], s["test_loss_sd"]),
+                    fmt(s["test_metric_mean"], s["test_metric_sd"], 100, 1),
+                ]
+            )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -174,10 +231,21 @@ def efficiency_table(summaries: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summaries:
         adapter = s["adapter_bytes_mean"]
-        lines.append("| " + " | ".join([
-            s["task"], s["label"], _percent(s["trainable_percent_mean"]), fmt(s["step_seconds_mean"], s["step_seconds_sd"], digits=2),
-            fmt(s["examples_per_s_mean"], None, digits=1), fmt(s["peak_memory_mb_mean"], None, digits=0),
-            "–" if adapter is None else f"{adapter / 1024:,.0f}"]) + " |")  # fmt: skip
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    s["task"],
+                    s["label"],
+                    _percent(s["trainable_percent_mean"]),
+                    fmt(s["step_seconds_mean"], s["step_seconds_sd"], digits=2),
+                    fmt(s["examples_per_s_mean"], None, digits=1),
+                    fmt(s["peak_memory_mb_mean"], None, digits=0),
+                    "–" if adapter is None else f"{adapter / 1024:,.0f}",
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -196,8 +264,10 @@ def paper_table(recipe: Recipe, model: str) -> str:
         cells = [label, str((values or {}).get("density", "–"))]
         for t in tasks:
             v = (values or {}).get(t) or {}
-            cells += [f"{v['loss']:.3f}" if "loss" in v else "–",
-                      f"{v[metric[t]]:.1f}" if metric[t] in v else "–"]  # fmt: skip
+            cells += [
+                f"{v['loss']:.3f}" if "loss" in v else "–",
+                f"{v[metric[t]]:.1f}" if metric[t] in v else "–",
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     return f"Paper ({entry.get('table', '')}, {model}):\n\n" + "\n".join(lines) + "\n"
 
@@ -216,10 +286,19 @@ def merged_records(output: str | Path) -> list[dict[str, Any]]:
             for kind in ("single", "merged"):
                 m = pair[kind]
                 metric = "accuracy"  # Table 6 shows accuracy for both tasks
-                out.append({"row": path.parts[-3], "seed": int(path.parts[-2][4:]), "task": task, "kind": kind,
-                            "loss": m.get("loss"), "metric": m.get(metric), "metric_name": metric,
-                            "strategy": strategy + (" (tuned)" if "tuning" in doc else ""),
-                            "weight": weights.get(task)})  # fmt: skip
+                out.append(
+                    {
+                        "row": path.parts[-3],
+                        "seed": int(path.parts[-2][4:]),
+                        "task": task,
+                        "kind": kind,
+                        "loss": m.get("loss"),
+                        "metric": m.get(metric),
+                        "metric_name": metric,
+                        "strategy": strategy + (" (tuned)" if "tuning" in doc else ""),
+                        "weight": weights.get(task),
+                    }
+                )
     return out
 
 
@@ -247,8 +326,16 @@ def rules_table(records: list[dict[str, Any]]) -> str:
                 merged[k] - single[k] for k in merged if k in single and None not in (merged[k], single[k])
             ]
             cells += [fmt(*mean_sd(list(merged.values()))[:2], 100, 1), fmt(*mean_sd(change)[:2], 100, 1)]
-        weights = sorted({",".join(f"{r['weight']:g}" for r in rs if r["seed"] == k and r["kind"] == "merged"
-                                   and r["weight"] is not None) for k in {r["seed"] for r in rs}})  # fmt: skip
+        weights = sorted(
+            {
+                ",".join(
+                    f"{r['weight']:g}"
+                    for r in rs
+                    if r["seed"] == k and r["kind"] == "merged" and r["weight"] is not None
+                )
+                for k in {r["seed"] for r in rs}
+            }
+        )
         lines.append("| " + " | ".join(cells) + " | " + "; ".join(w for w in weights if w) + " |")
     return "\n".join(lines) + "\n"
 
@@ -297,10 +384,12 @@ def setup_line(recipe: Recipe, scale: str, records: list[dict[str, Any]], model:
     steps = sorted({r["steps"] for r in records})
     cap = sc.get("max_eval_samples")
     evals = "the whole dev and test splits" if cap is None else f"eval examples per split ≤ {cap}"
-    return (f"Measured: model `{model}`, {scale} scale; training examples per cell {_span(n_train)} "
-            f"(max_train_samples {sc.get('max_train_samples') or 'all'}, after the length filter), {evals}; "
-            f"seeds {seeds}; optimizer steps {_span(steps)}; "
-            f"mean ± sample sd over seeds. Hardware: {hardware()}.")  # fmt: skip
+    return (
+        f"Measured: model `{model}`, {scale} scale; training examples per cell {_span(n_train)} "
+        f"(max_train_samples {sc.get('max_train_samples') or 'all'}, after the length filter), {evals}; "
+        f"seeds {seeds}; optimizer steps {_span(steps)}; "
+        f"mean ± sample sd over seeds. Hardware: {hardware()}."
+    )
 
 
 def _span(values: list) -> str:
@@ -339,13 +428,17 @@ def build_report(recipe: Recipe, scale: str, output: str | Path, model: str | No
         table6 = [r for r in merged if r["row"] == recipe.merge["row"]] if variants else merged
         parts += ["Merged vs single-task models (test split):\n", merging_table(table6)]
         if variants:
-            parts += ["Merge rules (test accuracy %, change against each task's single adapter in points):\n",
-                      rules_table(merged)]  # fmt: skip
+            parts += [
+                "Merge rules (test accuracy %, change against each task's single adapter in points):\n",
+                rules_table(merged),
+            ]
     paper = paper_table(recipe, compare)
     if paper:
         parts.append(paper)
-    parts += ["Efficiency (means over seeds; peak memory is the process max RSS on CPU, CUDA max allocated on GPU):\n",
-              efficiency_table(summaries)]  # fmt: skip
+    parts += [
+        "Efficiency (means over seeds; peak memory is the process max RSS on CPU, CUDA max allocated on GPU):\n",
+        efficiency_table(summaries),
+    ]
     if figures:
         parts.append("Plots: " + ", ".join(f"`{Path(f).name}`" for f in figures) + "\n")
     text = "\n".join(parts)
@@ -360,11 +453,16 @@ def update_results_md(section: str, key: str, path: str | Path = RESULTS_MD) -> 
     path = Path(path)
     start, end = f"<!-- sparta:{key} start -->", f"<!-- sparta:{key} end -->"
     block = f"{start}\n{section.rstrip()}\n{end}\n"
-    text = path.read_text() if path.is_file() else (
-        "# Reproduced results\n\nGenerated by `sparta reproduce EXPERIMENT --results-md docs/RESULTS.md`. Measured "
-        "numbers come from the runs named in each section (model, data sizes, seeds and hardware as stated); the "
-        "paper's numbers are copied from its tables for the same rows. Small CPU-scale runs are not expected to "
-        "match the paper's absolute numbers, only its trends.\n\n")  # fmt: skip
+    text = (
+        path.read_text()
+        if path.is_file()
+        else (
+            "# Reproduced results\n\nGenerated by `sparta reproduce EXPERIMENT --results-md docs/RESULTS.md`. Measured "
+            "numbers come from the runs named in each section (model, data sizes, seeds and hardware as stated); the "
+            "paper's numbers are copied from its tables for the same rows. Small CPU-scale runs are not expected to "
+            "match the paper's absolute numbers, only its trends.\n\n"
+        )
+    )
     if start in text and end in text:
         before, rest = text.split(start, 1)
         text = before + block + rest.split(end, 1)[1].lstrip("\n")

@@ -182,8 +182,10 @@ def run_experiment(
         else expand(recipe, scale, model=model, seeds=seeds, overrides=overrides)[0]
     )
     left, scaled = _estimate_left(everything, todo, output, tokens)
-    logger.info(f"{recipe.name} ({scale}): {len(cells)} cells, {len(summary.skipped)} finished, {len(todo)} to run "
-        f"(estimate {format_seconds(left)} on CPU{scaled}); output {output}")  # fmt: skip
+    logger.info(
+        f"{recipe.name} ({scale}): {len(cells)} cells, {len(summary.skipped)} finished, {len(todo)} to run "
+        f"(estimate {format_seconds(left)} on CPU{scaled}); output {output}"
+    )
     for i, cell in enumerate(todo, 1):
         if is_done(cell.directory(output)):  # finished meanwhile by another `sparta reproduce` on this output
             summary.skipped.append(cell.key)
@@ -244,9 +246,11 @@ def _print_plan(recipe, scale, output, cells, tokens, summary) -> RunSummary:
         logger.info(f"  {command_line(cell.config(output))}")
     for plan in merge_plans(recipe, scale, output, cells):
         logger.info(f"then: {plan.command()}")
-    logger.info(f"estimated CPU time: {format_seconds(total)} for all cells, {format_seconds(todo)} for those left "
+    logger.info(
+        f"estimated CPU time: {format_seconds(total)} for all cells, {format_seconds(todo)} for those left "
         f"(SmolLM2-135M fp32 CPU rates: ~3 ms per training token, ~1 ms per evaluated token; other models and "
-        "GPUs differ)")  # fmt: skip
+        "GPUs differ)"
+    )
     left = [c for c in cells if not is_done(c.directory(output))]
     seconds, scaled = _estimate_left(cells, left, output, tokens)
     if scaled:

@@ -50,11 +50,20 @@ def _row(stage: str, density: float, samples: int | None, results: dict, window:
     metric = "mcc" if "mcc" in dev else "accuracy"
     stats = gap_stats(results.get("history") or [], window)
     closed = stats["gap"] is not None and stats["gap"] <= gap_tol * max(stats["last_dev_loss"], 1e-8)
-    return {"stage": stage, "density": density, "max_train_samples": samples,
-            "train_examples": (results.get("data") or {}).get("train"), "steps": results.get("steps"),
-            "dev_loss": dev.get("loss"), "dev_metric": dev.get(metric), "metric": metric, **stats,
-            "gap_closed": closed, "stopped_early": results.get("stopped_early"),
-            "trainable_params": results.get("trainable_params")}  # fmt: skip
+    return {
+        "stage": stage,
+        "density": density,
+        "max_train_samples": samples,
+        "train_examples": (results.get("data") or {}).get("train"),
+        "steps": results.get("steps"),
+        "dev_loss": dev.get("loss"),
+        "dev_metric": dev.get(metric),
+        "metric": metric,
+        **stats,
+        "gap_closed": closed,
+        "stopped_early": results.get("stopped_early"),
+        "trainable_params": results.get("trainable_params"),
+    }
 
 
 def _subsample(grid: list[float], n: int) -> list[float]:
@@ -106,8 +115,10 @@ def tune_density(
     )
     n_final = finalists if do_final else 0
     if budget_runs < n_final + 2:
-        raise SpartaError(f"--budget-runs {budget_runs} is too small: give at least {n_final + 2} "
-                          f"(2 coarse runs + {n_final} finalists), or fewer --finalists")  # fmt: skip
+        raise SpartaError(
+            f"--budget-runs {budget_runs} is too small: give at least {n_final + 2} "
+            f"(2 coarse runs + {n_final} finalists), or fewer --finalists"
+        )
     settings = {k: v for k, v in base.items() if k not in ("output", "density", "max_train_samples")}
     settings.update(method="sparta", progress=False, early_stopping_patience=patience)
     seed = int(settings.get("seed", 0))
@@ -124,8 +135,10 @@ def tune_density(
         row = _row(stage, density, samples, json.loads((path / RESULTS_FILE).read_text()), window, gap_tol)
         if row["dev_loss"] is None:
             raise SpartaError(f"{path} has no dev metrics; the search needs a dev split (--dev-file)")
-        logger.info(f"  dev loss {row['dev_loss']:.4f}, gap {row['gap'] if row['gap'] is None else round(row['gap'], 4)}"
-            f"{' (closed)' if row['gap_closed'] else ''}")  # fmt: skip
+        logger.info(
+            f"  dev loss {row['dev_loss']:.4f}, gap {row['gap'] if row['gap'] is None else round(row['gap'], 4)}"
+            f"{' (closed)' if row['gap_closed'] else ''}"
+        )
         rows.append(row)
         return row
 
@@ -147,7 +160,7 @@ def tune_density(
             "lowest dev loss among runs whose train/dev gap closed"
             if closed
             else "lowest dev loss; no run closed the train/dev gap, consider lower densities"
-        ),  # fmt: skip
+        ),
         "gap_tol": gap_tol,
         "window": window,
         "grid": grid,
@@ -162,8 +175,19 @@ def tune_density(
 
 
 def evidence_table(result: dict[str, Any]) -> str:
-    head = ["stage", "density", "train ex.", "steps", "best dev loss", "dev metric", "train loss (last)",
-            "dev loss (last)", "gap", "closed", "early stop"]  # fmt: skip
+    head = [
+        "stage",
+        "density",
+        "train ex.",
+        "steps",
+        "best dev loss",
+        "dev metric",
+        "train loss (last)",
+        "dev loss (last)",
+        "gap",
+        "closed",
+        "early stop",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def f(v: Any, digits: int = 4) -> str:
@@ -172,9 +196,25 @@ def evidence_table(result: dict[str, Any]) -> str:
     for r in result["runs"]:
         last = r["stage"] == result["runs"][-1]["stage"]
         mark = " **← recommended**" if last and r["density"] == result["recommended_density"] else ""
-        lines.append("| " + " | ".join([r["stage"], f"{r['density']:g}", f(r["train_examples"]), f(r["steps"]),
-                     f(r["dev_loss"]), f(r["dev_metric"]), f(r["train_window_loss"]), f(r["last_dev_loss"]),
-                     f(r["gap"]), "yes" if r["gap_closed"] else "no", "yes" if r["stopped_early"] else "no"]) + f" |{mark}")  # fmt: skip
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    r["stage"],
+                    f"{r['density']:g}",
+                    f(r["train_examples"]),
+                    f(r["steps"]),
+                    f(r["dev_loss"]),
+                    f(r["dev_metric"]),
+                    f(r["train_window_loss"]),
+                    f(r["last_dev_loss"]),
+                    f(r["gap"]),
+                    "yes" if r["gap_closed"] else "no",
+                    "yes" if r["stopped_early"] else "no",
+                ]
+            )
+            + f" |{mark}"
+        )
     lines.append(f"\nrecommended density: {result['recommended_density']:g} ({result['reason']})")
     return "\n".join(lines)
 
@@ -195,8 +235,15 @@ def plot_tuning(result: dict[str, Any], path: Path) -> Path:
             xs, [r["train_window_loss"] for r in rs], "x:", color=f"C{i}", label=f"{stage}: train loss (last)"
         )
     chosen = [r for r in result["runs"] if r["density"] == result["recommended_density"]][-1]
-    ax.plot([chosen["density"]], [chosen["dev_loss"]], "*", markersize=16, color="gold", markeredgecolor="k",
-            label=f"recommended {chosen['density']:g}")  # fmt: skip
+    ax.plot(
+        [chosen["density"]],
+        [chosen["dev_loss"]],
+        "*",
+        markersize=16,
+        color="gold",
+        markeredgecolor="k",
+        label=f"recommended {chosen['density']:g}",
+    )
     ax.set(xscale="log", xlabel="density", ylabel="loss", title="SpaRTA density search")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

@@ -98,12 +98,24 @@ def _features(merged: Loaded, name: str, splits: dict, batch_size: int) -> dict[
     out = {}
     for split in ("train", "dev"):
         if split == "train" and head.entry.get("max_length"):
-            data = merged.objective.encode(splits[split], head.spec, merged.tokenizer, head.instruct,
-                                           head.template, head.entry["max_length"])  # fmt: skip
+            data = merged.objective.encode(
+                splits[split],
+                head.spec,
+                merged.tokenizer,
+                head.instruct,
+                head.template,
+                head.entry["max_length"],
+            )
         else:
             data = encode(merged, name, splits[split])
-        pooled = forward_batches(lambda b: {"x": merged.model.pooled(**b)}, data, batch_size, merged.pad_id,
-                                 head.padding_side, merged.device)["x"]  # fmt: skip
+        pooled = forward_batches(
+            lambda b: {"x": merged.model.pooled(**b)},
+            data,
+            batch_size,
+            merged.pad_id,
+            head.padding_side,
+            merged.device,
+        )["x"]
         out[split] = (pooled, torch.tensor(data.labels, dtype=torch.long))
     return out
 
@@ -154,8 +166,15 @@ def refit_heads(
             shutil.copyfile(file, original)
         linear = merged.model.heads[name].float().cpu()
         linear.load_state_dict(load_file(str(original)))
-        stats = fit_head(linear, features["train"], features["dev"], lr=lr, epochs=epochs, patience=patience,
-                         seed=head.seed)  # fmt: skip
+        stats = fit_head(
+            linear,
+            features["train"],
+            features["dev"],
+            lr=lr,
+            epochs=epochs,
+            patience=patience,
+            seed=head.seed,
+        )
         stats["train_examples"] = len(features["train"][1])
         entry["refit"] = stats
         tensors = {k: v.detach().contiguous() for k, v in linear.state_dict().items()}

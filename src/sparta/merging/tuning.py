@@ -198,15 +198,17 @@ def tune_merge(
         memory.write(weights, rule)
         accuracy = {n: evaluate_encoded(loaded, n, d, batch_size)["accuracy"] for n, d in data.items()}
         drops = {n: 100 * (single[n]["accuracy"] - a) for n, a in accuracy.items()}
-        rows.append({
-            "weights": dict(zip(prep.names, weights, strict=True)),
-            **({param: getattr(rule, param)} if param else {}),
-            "accuracy": accuracy,
-            "drop": drops,
-            "worst_drop": max(drops.values()),
-            "mean_drop": sum(drops.values()) / len(drops),
-            "distance_from_1": sum(abs(w - 1) for w in weights),
-        })  # fmt: skip
+        rows.append(
+            {
+                "weights": dict(zip(prep.names, weights, strict=True)),
+                **({param: getattr(rule, param)} if param else {}),
+                "accuracy": accuracy,
+                "drop": drops,
+                "worst_drop": max(drops.values()),
+                "mean_drop": sum(drops.values()) / len(drops),
+                "distance_from_1": sum(abs(w - 1) for w in weights),
+            }
+        )
         logger.info(f"  candidate {k + 1}/{len(grid)}: " + _describe(rows[-1], param))
     seconds = (time.perf_counter() - started) / len(grid)
     best = min(range(len(rows)), key=lambda i: (*_score(rows[i]), i))
@@ -239,13 +241,29 @@ def _describe(row: dict[str, Any], param: str | None) -> str:
 
 
 def _write_csv(path: Path, rows: list[dict], names: list[str], param: str | None, best: int) -> None:
-    header = ["candidate", *([param] if param else []), *(f"weight_{n}" for n in names),
-              *(f"dev_accuracy_{n}" for n in names), *(f"drop_{n}" for n in names), "worst_drop", "mean_drop",
-              "chosen"]  # fmt: skip
+    header = [
+        "candidate",
+        *([param] if param else []),
+        *(f"weight_{n}" for n in names),
+        *(f"dev_accuracy_{n}" for n in names),
+        *(f"drop_{n}" for n in names),
+        "worst_drop",
+        "mean_drop",
+        "chosen",
+    ]
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for k, row in enumerate(rows):
-            writer.writerow([k, *([row[param]] if param else []), *(row["weights"][n] for n in names),
-                             *(f"{row['accuracy'][n]:.6f}" for n in names), *(f"{row['drop'][n]:.4f}" for n in names),
-                             f"{row['worst_drop']:.4f}", f"{row['mean_drop']:.4f}", int(k == best)])  # fmt: skip
+            writer.writerow(
+                [
+                    k,
+                    *([row[param]] if param else []),
+                    *(row["weights"][n] for n in names),
+                    *(f"{row['accuracy'][n]:.6f}" for n in names),
+                    *(f"{row['drop'][n]:.4f}" for n in names),
+                    f"{row['worst_drop']:.4f}",
+                    f"{row['mean_drop']:.4f}",
+                    int(k == best),
+                ]
+            )

@@ -108,8 +108,12 @@ def _encode_for_encoder(examples, labels, task, tokenizer, template, max_length,
     ids = [list(x) for x in out["input_ids"]]
     types = [list(x) for x in out["token_type_ids"]] if "token_type_ids" in out else None
     keep = [i for i, seq in enumerate(ids) if truncate or max_length is None or len(seq) <= max_length]
-    return Encoded([ids[i] for i in keep], [labels[i] for i in keep], len(ids) - len(keep),
-                   [types[i] for i in keep] if types is not None else None)  # fmt: skip
+    return Encoded(
+        [ids[i] for i in keep],
+        [labels[i] for i in keep],
+        len(ids) - len(keep),
+        [types[i] for i in keep] if types is not None else None,
+    )
 
 
 def batch_loss(model: nn.Module, data: Encoded, idx: list[int], pad_id: int, padding_side: str, device):

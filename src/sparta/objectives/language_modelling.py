@@ -79,8 +79,10 @@ def encode_split(
     than `max_length` and those without a target token, counting both; dev and test (truncate=True) keep every
     example whole, since cutting one would cut its answer."""
     if template is not None:
-        raise SpartaError("--template formats classification inputs; language-modelling tasks are rendered by "
-                          "their chat format: leave --template unset")  # fmt: skip
+        raise SpartaError(
+            "--template formats classification inputs; language-modelling tasks are rendered by "
+            "their chat format: leave --template unset"
+        )
     if encoder:
         raise SpartaError("language modelling needs a decoder (a causal LM); this model is an encoder")
     if loss_on not in LOSS_ON:
@@ -89,8 +91,10 @@ def encode_split(
     for i, example in enumerate(examples):
         seq, mask = encode_example(task, example, tokenizer, instruct, loss_on=loss_on)
         if not seq or len(mask) != len(seq) or set(mask) - {0, 1}:
-            raise SpartaError(f"example {i} encodes to {len(seq)} tokens with a loss mask of {len(mask)} 0/1 "
-                              "values; check its fields")  # fmt: skip
+            raise SpartaError(
+                f"example {i} encodes to {len(seq)} tokens with a loss mask of {len(mask)} 0/1 "
+                "values; check its fields"
+            )
         ids.append(list(seq))
         masks.append(list(mask))
     keep = list(range(len(ids)))
@@ -102,9 +106,14 @@ def encode_split(
         targeted = [i for i in keep if any(masks[i][1:])]
         untargeted, keep = len(keep) - len(targeted), targeted
     kept = [examples[i] for i in keep]
-    return LMEncoded([ids[i] for i in keep], [masks[i] for i in keep],
-                     [list(prompt_ids(task, ex, tokenizer, instruct)) for ex in kept],
-                     [reference_text(task, ex) for ex in kept], dropped, untargeted)  # fmt: skip
+    return LMEncoded(
+        [ids[i] for i in keep],
+        [masks[i] for i in keep],
+        [list(prompt_ids(task, ex, tokenizer, instruct)) for ex in kept],
+        [reference_text(task, ex) for ex in kept],
+        dropped,
+        untargeted,
+    )
 
 
 def batch_loss(model: nn.Module, data: LMEncoded, idx: list[int], pad_id: int, padding_side: str, device):
@@ -119,8 +128,9 @@ def batch_loss(model: nn.Module, data: LMEncoded, idx: list[int], pad_id: int, p
 
 
 @torch.no_grad()
-def nll_sums(model: nn.Module, data: LMEncoded, batch_size: int, pad_id: int, padding_side: str, device,
-             rt: Any = None) -> tuple[float, int]:  # fmt: skip
+def nll_sums(
+    model: nn.Module, data: LMEncoded, batch_size: int, pad_id: int, padding_side: str, device, rt: Any = None
+) -> tuple[float, int]:
     """(summed NLL, target tokens) of a split, in longest-first batches; with a multi-process runtime each rank
     takes every world-th batch and the sums are added up (where parameters are sharded every forward is a
     collective, so all ranks run as many, the extra ones on a stand-in batch, not counted)."""
@@ -139,19 +149,27 @@ def nll_sums(model: nn.Module, data: LMEncoded, batch_size: int, pad_id: int, pa
     return total, tokens
 
 
-def generation_matches(model: nn.Module, data: LMEncoded, task, tokenizer, batch_size: int,
-                       max_new_tokens: int, rt: Any = None) -> int:  # fmt: skip
+def generation_matches(
+    model: nn.Module, data: LMEncoded, task, tokenizer, batch_size: int, max_new_tokens: int, rt: Any = None
+) -> int:
     """How many greedy generations from the examples' prompts match their references (all processes)."""
     if tokenizer is None:
         raise SpartaError("scoring generations needs the tokenizer")
     if rt is not None and rt.sharded:
-        raise SpartaError("generation is not supported while FSDP or ZeRO-3 shard the parameters; train with "
-                          "--eval-generate false and score the saved run with sparta eval")  # fmt: skip
+        raise SpartaError(
+            "generation is not supported while FSDP or ZeRO-3 shard the parameters; train with "
+            "--eval-generate false and score the saved run with sparta eval"
+        )
     share = range(len(data))
     if rt is not None and rt.distributed:
         share = share[rt.rank :: rt.world]
-    texts = generate(model, tokenizer, [data.prompts[i] for i in share], max_new_tokens=max_new_tokens,
-                     batch_size=batch_size)  # fmt: skip
+    texts = generate(
+        model,
+        tokenizer,
+        [data.prompts[i] for i in share],
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+    )
     hits = sum(
         bool(exact_match(task, text, data.references[i])) for text, i in zip(texts, share, strict=True)
     )
@@ -166,15 +184,29 @@ def metrics(task, nll: float, tokens: int, matches: int | None = None, examples:
     return out
 
 
-def evaluate(model: nn.Module, data: LMEncoded, task, batch_size: int, pad_id: int, padding_side: str, device,
-             rt: Any = None, generate: bool = False, tokenizer: Any = None, max_new_tokens: int = 256):  # fmt: skip
+def evaluate(
+    model: nn.Module,
+    data: LMEncoded,
+    task,
+    batch_size: int,
+    pad_id: int,
+    padding_side: str,
+    device,
+    rt: Any = None,
+    generate: bool = False,
+    tokenizer: Any = None,
+    max_new_tokens: int = 256,
+):
     """{"loss": mean NLL per target token} on one split, and "exact_match" of greedy generations if `generate`."""
     was_training = model.training
     model.eval()
     try:
         nll, tokens = nll_sums(model, data, batch_size, pad_id, padding_side, device, rt)
-        matches = (generation_matches(model, data, task, tokenizer, batch_size, max_new_tokens, rt)
-                   if generate else None)  # fmt: skip
+        matches = (
+            generation_matches(model, data, task, tokenizer, batch_size, max_new_tokens, rt)
+            if generate
+            else None
+        )
     finally:
         model.train(was_training)
     return metrics(task, nll, tokens, matches, len(data))

@@ -238,9 +238,13 @@ class _ChunkedTokenNLL(torch.autograd.Function):
 
 
 def sequence_nll(
-    model: nn.Module, rows: torch.Tensor, targets: torch.Tensor, segments: torch.Tensor, n: int,
+    model: nn.Module,
+    rows: torch.Tensor,
+    targets: torch.Tensor,
+    segments: torch.Tensor,
+    n: int,
     chunk_elements: int | None = None,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """Summed next-token NLL per sequence, (n,) float32: row r belongs to sequence `segments[r]`. Same head and
     chunking as `chunked_nll`; a frozen head keeps one gradient row per hidden row (nothing of vocabulary size),
     a trainable head (lm_head train/sparse) runs `chunked_nll` once per sequence, each of which keeps its own
@@ -249,8 +253,12 @@ def sequence_nll(
     head = lm.get_output_embeddings()
     params = [p for p in head.parameters() if p.requires_grad]
     if torch.is_grad_enabled() and params:
-        return torch.stack([chunked_nll(model, rows[segments == k], targets[segments == k], chunk_elements)
-                            for k in range(n)])  # fmt: skip
+        return torch.stack(
+            [
+                chunked_nll(model, rows[segments == k], targets[segments == k], chunk_elements)
+                for k in range(n)
+            ]
+        )
     logits = logits_function(model)
     weight = getattr(head, "weight", None)
     vocab = getattr(head, "out_features", None) or (weight.shape[0] if weight is not None else 0)
@@ -259,8 +267,12 @@ def sequence_nll(
         per_row = _ChunkedTokenNLL.apply(logits, chunk, rows, targets)
     else:
         with torch.no_grad():
-            per_row = torch.cat([F.cross_entropy(logits(rows[s : s + chunk]), targets[s : s + chunk],
-                                                 reduction="none") for s in range(0, rows.shape[0], chunk)])  # fmt: skip
+            per_row = torch.cat(
+                [
+                    F.cross_entropy(logits(rows[s : s + chunk]), targets[s : s + chunk], reduction="none")
+                    for s in range(0, rows.shape[0], chunk)
+                ]
+            )
     out = torch.zeros(n, dtype=torch.float32, device=rows.device)
     return out.index_add(0, segments.to(rows.device), per_row)
 

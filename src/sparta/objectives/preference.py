@@ -107,10 +107,20 @@ def _reply_encoding(
 
 
 def encode_pairs(
-    examples: Sequence[dict], task, tokenizer, instruct: bool, template: str | None = None,
-    max_length: int | None = None, truncate: bool = False, encoder: bool = False, *, pair_max_length: int | None = None,
-    beta: float = 0.1, dpo_loss: str = "sigmoid", label_smoothing: float = 0.0,
-) -> PairEncoded:  # fmt: skip
+    examples: Sequence[dict],
+    task,
+    tokenizer,
+    instruct: bool,
+    template: str | None = None,
+    max_length: int | None = None,
+    truncate: bool = False,
+    encoder: bool = False,
+    *,
+    pair_max_length: int | None = None,
+    beta: float = 0.1,
+    dpo_loss: str = "sigmoid",
+    label_smoothing: float = 0.0,
+) -> PairEncoded:
     """Encode preference rows (module docstring). Pairs over the max length are dropped in every split: train's
     limit is `max_length`; dev and test (`truncate`) keep to the model's context (`max_length` there) and to
     `pair_max_length` (the run's --max-length, else the task's)."""
@@ -118,8 +128,10 @@ def encode_pairs(
     from sparta.tasks.preference import pair_columns, pair_of
 
     if template is not None:
-        raise SpartaError("--template formats classification inputs; preference pairs are rendered by their chat "
-                          "format: leave --template unset")  # fmt: skip
+        raise SpartaError(
+            "--template formats classification inputs; preference pairs are rendered by their chat "
+            "format: leave --template unset"
+        )
     if encoder:
         raise SpartaError("preference optimisation needs a decoder (a causal LM); this model is an encoder")
     limit = max_length
@@ -164,8 +176,9 @@ def sequence_logps(
     hidden = forward_hidden(model, inputs)
     at = mask[:, 1:].to(device=hidden.device, dtype=torch.bool)
     segments = torch.arange(len(seqs), device=hidden.device).unsqueeze(1).expand_as(at)[at]
-    nll = sequence_nll(model, hidden[:, :-1][at], inputs["input_ids"][:, 1:].to(hidden.device)[at], segments,
-                       len(seqs))  # fmt: skip
+    nll = sequence_nll(
+        model, hidden[:, :-1][at], inputs["input_ids"][:, 1:].to(hidden.device)[at], segments, len(seqs)
+    )
     b = len(idx)
     return -torch.stack([nll[:b], nll[b:]], dim=1), at.sum(1).reshape(2, b).T.float()
 
@@ -242,10 +255,16 @@ def _sums(
         losses, chosen, rejected = dpo_losses(policy, ref, tokens, data.settings)
         if k >= len(mine):
             continue
-        step = {"loss": losses.sum(), "correct": (chosen > rejected).sum(), "margin": (chosen - rejected).sum(),
-                "chosen": policy[:, 0].sum(), "rejected": policy[:, 1].sum(),
-                "prefer": (policy[:, 0] > policy[:, 1]).sum(), "kl": (policy[:, 0] - ref[:, 0]).sum(),
-                "kl_tokens": tokens[:, 0].sum()}  # fmt: skip
+        step = {
+            "loss": losses.sum(),
+            "correct": (chosen > rejected).sum(),
+            "margin": (chosen - rejected).sum(),
+            "chosen": policy[:, 0].sum(),
+            "rejected": policy[:, 1].sum(),
+            "prefer": (policy[:, 0] > policy[:, 1]).sum(),
+            "kl": (policy[:, 0] - ref[:, 0]).sum(),
+            "kl_tokens": tokens[:, 0].sum(),
+        }
         for key, value in step.items():
             totals[key] += float(value)
     if rt is not None and rt.distributed:
@@ -273,15 +292,29 @@ def metrics(sums: dict[str, float], pairs: int, with_reference: bool) -> dict[st
         "rejected_logps": sums["rejected"] / n,
     }
     if with_reference:
-        out |= {"preference_accuracy": sums["correct"] / n, "reward_margin": sums["margin"] / n,
-                "kl_estimate": sums["kl"] / (sums["kl_tokens"] or float("nan"))}  # fmt: skip
+        out |= {
+            "preference_accuracy": sums["correct"] / n,
+            "reward_margin": sums["margin"] / n,
+            "kl_estimate": sums["kl"] / (sums["kl_tokens"] or float("nan")),
+        }
     else:
         out["logprob_preference"] = sums["prefer"] / n
     return out
 
 
-def evaluate(model: nn.Module, data: PairEncoded, task, batch_size: int, pad_id: int, padding_side: str, device,
-             rt: Any = None, generate: bool = False, tokenizer: Any = None, max_new_tokens: int = 256):  # fmt: skip
+def evaluate(
+    model: nn.Module,
+    data: PairEncoded,
+    task,
+    batch_size: int,
+    pad_id: int,
+    padding_side: str,
+    device,
+    rt: Any = None,
+    generate: bool = False,
+    tokenizer: Any = None,
+    max_new_tokens: int = 256,
+):
     """The metrics of one split (module docstring); `generate`: also the mean greedy generation length."""
     with_reference = data.reference is not None or data.reference_logps is not None
     with _evaluating(model):
@@ -296,8 +329,15 @@ def evaluate(model: nn.Module, data: PairEncoded, task, batch_size: int, pad_id:
 
 
 # -- the reference, attached once the method is applied ---------------------------------------------------------------
-def precompute(net: nn.Module, method: Any, enc: dict[str, PairEncoded], batch_size: int, pad_id: int,
-               padding_side: str, device) -> dict[str, torch.Tensor]:  # fmt: skip
+def precompute(
+    net: nn.Module,
+    method: Any,
+    enc: dict[str, PairEncoded],
+    batch_size: int,
+    pad_id: int,
+    padding_side: str,
+    device,
+) -> dict[str, torch.Tensor]:
     """{split: (N, 2) float32 reference log-probs} of every split, longest-first batches (before any step)."""
     out = {}
     for split, data in enc.items():
@@ -380,8 +420,12 @@ class Preference(Objective):
         return LanguageModelling().heads(model, cfg)  # the LM head as --lm-head says (frozen by default)
 
     def encode_options(self, cfg: Any) -> dict[str, Any]:
-        return {"pair_max_length": cfg.max_length, "beta": cfg.beta, "dpo_loss": cfg.dpo_loss,
-                "label_smoothing": cfg.label_smoothing}  # fmt: skip
+        return {
+            "pair_max_length": cfg.max_length,
+            "beta": cfg.beta,
+            "dpo_loss": cfg.dpo_loss,
+            "label_smoothing": cfg.label_smoothing,
+        }
 
     def saved_encode_options(self, info: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -406,24 +450,49 @@ class Preference(Objective):
         return {"generate": True, "tokenizer": tokenizer, "max_new_tokens": cfg.max_new_tokens}
 
     def run_settings(self, cfg: Any, heads) -> dict[str, Any]:  # noqa: ANN001
-        return {"lm_head": cfg.lm_head, "lm_head_untied": heads.untied, "beta": cfg.beta, "dpo_loss": cfg.dpo_loss,
-                "label_smoothing": cfg.label_smoothing}  # fmt: skip
+        return {
+            "lm_head": cfg.lm_head,
+            "lm_head_untied": heads.untied,
+            "beta": cfg.beta,
+            "dpo_loss": cfg.dpo_loss,
+            "label_smoothing": cfg.label_smoothing,
+        }
 
     def data_report(self, enc: dict[str, PairEncoded], task: Any, cfg: Any) -> dict[str, Any]:
         """Pairs kept and dropped per split, and where the pairs came from (file, carved file, hub)."""
         from sparta.tasks.data import data_source
 
-        return {"pairs": {split: data.report() for split, data in enc.items()},
-                "source": data_source(task, cfg.data_dir)}  # fmt: skip
+        return {
+            "pairs": {split: data.report() for split, data in enc.items()},
+            "source": data_source(task, cfg.data_dir),
+        }
 
-    def prepare(self, net: nn.Module, method: Any, cfg: Any, enc: dict, *, output: Path, device, pad_id: int,
-                rt: Any = None) -> None:  # fmt: skip
+    def prepare(
+        self,
+        net: nn.Module,
+        method: Any,
+        cfg: Any,
+        enc: dict,
+        *,
+        output: Path,
+        device,
+        pad_id: int,
+        rt: Any = None,
+    ) -> None:
         """Attach the reference to every split: precomputed log-probs (`--precompute-reference`), else the
         method's reference model (full fine-tuning keeps its frozen copy now)."""
         if cfg.precompute_reference:
-            logps = load_or_precompute(Path(output) / REFERENCE_FILE, net, method, enc,
-                                       cfg.eval_batch_size or 2 * cfg.batch_size, pad_id, cfg.padding_side,
-                                       device, rt)  # fmt: skip
+            logps = load_or_precompute(
+                Path(output) / REFERENCE_FILE,
+                net,
+                method,
+                enc,
+                cfg.eval_batch_size or 2 * cfg.batch_size,
+                pad_id,
+                cfg.padding_side,
+                device,
+                rt,
+            )
             for split, data in enc.items():
                 data.reference_logps, data.reference = logps[split], None
             return

@@ -122,8 +122,10 @@ def merged_run_model(run_dir: Path, dtype: torch.dtype) -> nn.Module:
         )
     info = read_json(run_dir / RUN_FILE)
     if info.get("objective") not in (LANGUAGE_MODELLING, "preference"):
-        raise SpartaError(f"--init-from {run_dir}: it is a {info.get('objective', 'classification')} run; give an "
-                          "SFT (language-modelling) run")  # fmt: skip
+        raise SpartaError(
+            f"--init-from {run_dir}: it is a {info.get('objective', 'classification')} run; give an "
+            "SFT (language-modelling) run"
+        )
     model, _ = open_causal_run(run_dir, info, dtype)
     model = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
     return model.requires_grad_(True)

@@ -73,13 +73,18 @@ def export_run(
 
 
 def _write_sidecar(output: Path, info: dict[str, Any], source: Path) -> None:
-    sidecar = {**info, "method": "export", "exported_method": info.get("method"),
-               "exported_from": str(source.resolve())}  # fmt: skip
+    sidecar = {
+        **info,
+        "method": "export",
+        "exported_method": info.get("method"),
+        "exported_from": str(source.resolve()),
+    }
     write_json(output / RUN_FILE, sidecar)
 
 
-def _export_causal(source: Path, info: dict[str, Any], output: str | Path, model: str | None,
-                   overwrite: bool) -> Path:  # fmt: skip
+def _export_causal(
+    source: Path, info: dict[str, Any], output: str | Path, model: str | None, overwrite: bool
+) -> Path:
     """An SFT run merged into its base causal LM (SpaRTA's deltas scattered in, PEFT's folded in)."""
     if model:
         info = {**info, "model": model, "model_path": str(base_model_of(info, model).path)}

@@ -384,9 +384,15 @@ def merged_loaded(
     for entry in document["tasks"]:
         spec = _merged_spec(entry)
         tasks[entry["name"]] = TaskHead(
-            entry["name"], spec, entry["instruct"], entry["template"], entry["padding_side"],
-            entry.get("seed") or 0, known_data=bool(entry.get("task")), entry=entry,
-        )  # fmt: skip
+            entry["name"],
+            spec,
+            entry["instruct"],
+            entry["template"],
+            entry["padding_side"],
+            entry.get("seed") or 0,
+            known_data=bool(entry.get("task")),
+            entry=entry,
+        )
     objective = get_objective(document.get("objective", "classification"))
     return Loaded("merged", model.to(device).eval(), tokenizer, tasks, document, device, objective)
 
@@ -397,11 +403,18 @@ def _open_merged_causal(path: Path, document: dict, objective, dev, dtype) -> Lo
     model.to(dev).eval()
     entries = document["tasks"]
     tasks = {
-        e["name"]: TaskHead(e["name"], dataclasses.replace(build_task(e["task"]), name=e["name"]), e["instruct"],
-                            e["template"], e["padding_side"], e.get("seed") or 0, entry=e)
+        e["name"]: TaskHead(
+            e["name"],
+            dataclasses.replace(build_task(e["task"]), name=e["name"]),
+            e["instruct"],
+            e["template"],
+            e["padding_side"],
+            e.get("seed") or 0,
+            entry=e,
+        )
         for e in entries
         if e.get("task")
-    }  # fmt: skip
+    }
     instruct = entries[0]["instruct"] if entries and entries[0].get("task") else found
     return Loaded("merged", model, tokenizer, tasks, {**document, "instruct": instruct}, dev, objective)
 

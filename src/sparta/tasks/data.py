@@ -100,8 +100,10 @@ def _carved(task: TaskSpec, data_dir) -> dict[str, list[dict]] | None:
         return None
     path = root / task.local_file
     if not path.is_file():
-        raise SpartaError(f"{task.name}: data file {path} not found; pass --data-dir DIR holding {task.local_file}, "
-                          f"or --data-dir {HUB} to read {task.hf_path} from the Hugging Face hub")  # fmt: skip
+        raise SpartaError(
+            f"{task.name}: data file {path} not found; pass --data-dir DIR holding {task.local_file}, "
+            f"or --data-dir {HUB} to read {task.hf_path} from the Hugging Face hub"
+        )
     return carve(read_records(path))
 
 
@@ -128,12 +130,22 @@ def data_source(task: TaskSpec, data_dir=None) -> dict[str, object]:  # noqa: AN
         }
     root = resolve_data_dir(data_dir)
     if task.local_file and root is not None:
-        return {"kind": "carved local file", "path": str(root / task.local_file),
-                "carve": "sparta.tasks.preference.carve", "sizes": {"train": "the rest", **HH_SIZES}}  # fmt: skip
+        return {
+            "kind": "carved local file",
+            "path": str(root / task.local_file),
+            "carve": "sparta.tasks.preference.carve",
+            "sizes": {"train": "the rest", **HH_SIZES},
+        }
     if root is None:
-        return {"kind": "hub", "dataset": task.hf_path, "name": task.hf_name, "data_dir": task.hf_data_dir,
-                "train": list(task.train_splits), "test": list(task.test_splits),
-                "dev": list(task.dev_splits) or f"{task.dev_size} carved from {task.dev_from}"}  # fmt: skip
+        return {
+            "kind": "hub",
+            "dataset": task.hf_path,
+            "name": task.hf_name,
+            "data_dir": task.hf_data_dir,
+            "train": list(task.train_splits),
+            "test": list(task.test_splits),
+            "dev": list(task.dev_splits) or f"{task.dev_size} carved from {task.dev_from}",
+        }
     return {"kind": "data dir", "path": str(root / task.name)}
 
 

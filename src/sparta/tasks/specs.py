@@ -372,8 +372,21 @@ def custom_lm_task(data_files: dict[str, str], *, format: str | None = None, **o
     fmt, n_train = R.check_files(files, columns, format)
     metrics = LM_METRICS if fields.get("generation_metric") else ("loss",)
     dev = ("dev",) if any(s == "dev" for s, _ in files) else ()
-    spec = TaskSpec("custom", 0, (), "", (), (), "", metrics=metrics, max_length=1024, data_files=files,
-                    dev_size=min(1000, max(1, n_train // 10)), dev_splits=dev, test_splits=("test",))  # fmt: skip
+    spec = TaskSpec(
+        "custom",
+        0,
+        (),
+        "",
+        (),
+        (),
+        "",
+        metrics=metrics,
+        max_length=1024,
+        data_files=files,
+        dev_size=min(1000, max(1, n_train // 10)),
+        dev_splits=dev,
+        test_splits=("test",),
+    )
     return _validate(dataclasses.replace(spec, **fields, format=fmt))
 
 
@@ -465,9 +478,22 @@ def custom_preference_task(data_files: dict[str, str], **overrides) -> TaskSpec:
             f"{_quoted(rows[0])} (name yours: --prompt-field, --chosen-field, --rejected-field)"
         )
     dev = ("dev",) if any(s == "dev" for s, _ in files) else ()
-    spec = TaskSpec("custom", 0, (), "", (), (), "", metrics=("loss",), max_length=1024, data_files=files,
-                    dev_size=min(1000, max(1, len(rows) // 10)), dev_splits=dev, test_splits=("test",),
-                    objective=PREFERENCE)  # fmt: skip
+    spec = TaskSpec(
+        "custom",
+        0,
+        (),
+        "",
+        (),
+        (),
+        "",
+        metrics=("loss",),
+        max_length=1024,
+        data_files=files,
+        dev_size=min(1000, max(1, len(rows) // 10)),
+        dev_splits=dev,
+        test_splits=("test",),
+        objective=PREFERENCE,
+    )
     return _validate(dataclasses.replace(spec, **_tuples(_clean(overrides))))
 
 

@@ -179,15 +179,24 @@ def save_checkpoint(
     }
     rng = rt.gather(C.rng_state())
     if rt.is_main:
-        C.save_checkpoint(output, opt.progress.step, trainable_state(net), opt.optimizer.state_dict(),
-                          opt.scheduler.state_dict(), rng, state, best=opt.stopper.best_state,
-                          keep=cfg.keep_checkpoints)  # fmt: skip
+        C.save_checkpoint(
+            output,
+            opt.progress.step,
+            trainable_state(net),
+            opt.optimizer.state_dict(),
+            opt.scheduler.state_dict(),
+            rng,
+            state,
+            best=opt.stopper.best_state,
+            keep=cfg.keep_checkpoints,
+        )
     rt.barrier()
 
 
 # -- the loop ------------------------------------------------------------------------------------------------------
-def run_steps(cfg, s: Setup, prepared, optimizer, net, opt: Optimisation, run_eval, output, rt, zero_shot,
-              on_step) -> bool:  # fmt: skip
+def run_steps(
+    cfg, s: Setup, prepared, optimizer, net, opt: Optimisation, run_eval, output, rt, zero_shot, on_step
+) -> bool:
     """Optimizer steps until the plan's last step or early stopping; True when stopped early.
 
     `prepared` and `optimizer` are what the runtime made of the model and `opt.optimizer` (DDP wraps them);
@@ -200,8 +209,13 @@ def run_steps(cfg, s: Setup, prepared, optimizer, net, opt: Optimisation, run_ev
     resumed = prog.step > 0
     log = RunLogger(output, columns, resume_step=prog.step if resumed else None) if rt.is_main else None
     params = [p for p in net.parameters() if p.requires_grad]
-    bar = tqdm(total=plan.total_steps, initial=prog.step, desc=f"{cfg.method} {s.task.name}", unit="step",
-               disable=not (cfg.progress and rt.is_main))  # fmt: skip
+    bar = tqdm(
+        total=plan.total_steps,
+        initial=prog.step,
+        desc=f"{cfg.method} {s.task.name}",
+        unit="step",
+        disable=not (cfg.progress and rt.is_main),
+    )
     try:
         for step in range(prog.step + 1, plan.total_steps + 1):
             t0 = time.perf_counter()
@@ -248,8 +262,12 @@ def log_and_evaluate(cfg, net, opt: Optimisation, train_data, step, do_eval, run
     """One log row (and a dev evaluation when due); True when early stopping says stop."""
     prog = opt.progress
     entry = {"step": step, "train_loss": prog.window_loss / prog.window_n}
-    row = {**entry, "epoch": round(prog.seen / len(train_data), 4), "lr": opt.scheduler.get_last_lr()[0],
-           "examples_per_s": prog.seen / prog.train_seconds}  # fmt: skip
+    row = {
+        **entry,
+        "epoch": round(prog.seen / len(train_data), 4),
+        "lr": opt.scheduler.get_last_lr()[0],
+        "examples_per_s": prog.seen / prog.train_seconds,
+    }
     prog.window_loss, prog.window_n = 0.0, 0
     stop = False
     if do_eval:
@@ -334,8 +352,9 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
 
         zero_shot = ckpt.state["zero_shot"] if ckpt is not None else None
         if ckpt is None and cfg.zero_shot:
-            zero_shot = {split: run_eval(split, s.model, final=True) for split in ("dev", "test")
-                         if len(s.enc[split])}  # fmt: skip
+            zero_shot = {
+                split: run_eval(split, s.model, final=True) for split in ("dev", "test") if len(s.enc[split])
+            }
             for split, m in zero_shot.items():
                 logger.info(f"zero-shot {split}: {_fmt(m)}")
         net = apply_method(
@@ -369,8 +388,9 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
             )
         metrics, restored = final_metrics(cfg, net, opt, s, run_eval)
         adapter_path = write_outputs(output, net, cfg, s, rt, run_info(cfg, s))
-        results = results_document(cfg, s, net, opt, metrics, zero_shot, restored, stopped_early, ckpt,
-                                   adapter_path, rt)  # fmt: skip
+        results = results_document(
+            cfg, s, net, opt, metrics, zero_shot, restored, stopped_early, ckpt, adapter_path, rt
+        )
         if rt.is_main:  # results.json last: its presence means the run finished
             write_json(output / RESULTS_FILE, results)
             logger.info(f"wrote {output / RESULTS_FILE}")

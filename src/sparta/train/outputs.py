@@ -60,8 +60,9 @@ def write_outputs(output: Path, net: nn.Module, cfg: TrainConfig, s: Setup, rt: 
     return adapter_path
 
 
-def results_document(cfg, s: Setup, net, opt: Any, metrics, zero_shot, restored, stopped_early, ckpt,
-                     adapter_path, rt) -> dict[str, Any]:  # fmt: skip
+def results_document(
+    cfg, s: Setup, net, opt: Any, metrics, zero_shot, restored, stopped_early, ckpt, adapter_path, rt
+) -> dict[str, Any]:
     """results.json: the config, metrics, sizes, timings and the history of one run (`opt`: the loop's
     `Optimisation`: its progress counters and early-stopping record)."""
     trainable, total = count_parameters(net)
@@ -104,7 +105,7 @@ def results_document(cfg, s: Setup, net, opt: Any, metrics, zero_shot, restored,
             "dev": len(s.enc["dev"]),
             "test": len(s.enc["test"]),
             **s.objective.data_report(s.enc, s.task, cfg),
-        },  # fmt: skip
+        },
         "device": str(s.device),
         "dtype": str(s.dtype).removeprefix("torch."),
         "precision": {"name": s.precision.name, "reason": s.precision.reason},
@@ -114,7 +115,7 @@ def results_document(cfg, s: Setup, net, opt: Any, metrics, zero_shot, restored,
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "peft": peft.__version__,
-        },  # fmt: skip
+        },
     }
 
 

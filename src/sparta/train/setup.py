@@ -106,8 +106,14 @@ def choose_precision(cfg: TrainConfig, rt: Runtime) -> tuple[TrainConfig, Precis
     return dataclasses.replace(cfg, precision=chosen.name), chosen
 
 
-def load_model_and_tokenizer(model: str, objective, num_labels: int, dtype: torch.dtype, padding_side: str,
-                             init_from: str | None = None):  # fmt: skip
+def load_model_and_tokenizer(
+    model: str,
+    objective,
+    num_labels: int,
+    dtype: torch.dtype,
+    padding_side: str,
+    init_from: str | None = None,
+):
     """(resolved, model, tokenizer) via sparta.models; the tokenizer has a pad token and the given padding side.
     `init_from`: the model is that run's, its adapter merged into the base weights (`merged_run_model`)."""
     resolved = resolve_model(model)
@@ -125,8 +131,10 @@ def load_model_and_tokenizer(model: str, objective, num_labels: int, dtype: torc
 def init_from_model(run: str, resolved, objective, dtype: torch.dtype) -> nn.Module:  # noqa: ANN001
     """The SFT run `run`'s model merged into a plain model; it must be a causal LM on the run's base model."""
     if objective.model_kind != "causal-lm":
-        raise SpartaError(f"--init-from starts from an SFT run's causal LM; the {objective.name} objective does not "
-                          "train one")  # fmt: skip
+        raise SpartaError(
+            f"--init-from starts from an SFT run's causal LM; the {objective.name} objective does not "
+            "train one"
+        )
     path = Path(run)
     info = read_json(path / RUN_FILE) if (path / RUN_FILE).is_file() else {}
     base = base_model_of(info) if info else None
@@ -140,8 +148,9 @@ def init_from_model(run: str, resolved, objective, dtype: torch.dtype) -> nn.Mod
     return merged_run_model(path, dtype)
 
 
-def encode_splits(cfg: TrainConfig, objective, task, tokenizer, instruct: bool, context: int | None,
-                  encoder: bool = False):  # fmt: skip
+def encode_splits(
+    cfg: TrainConfig, objective, task, tokenizer, instruct: bool, context: int | None, encoder: bool = False
+):
     """(raw splits, encoded splits, max length): training examples over the max length are dropped, dev and test
     examples are truncated to the model's context instead."""
     splits = load_splits(
@@ -162,7 +171,7 @@ def encode_splits(cfg: TrainConfig, objective, task, tokenizer, instruct: bool, 
         **{
             s: encode(
                 splits[s], task, tokenizer, instruct, cfg.template, context, True, encoder=encoder, **options
-            )  # fmt: skip
+            )
             for s in ("dev", "test")
         },
     }
@@ -213,8 +222,9 @@ def set_up(
     precision = precision or resolve_precision(cfg.precision, device)
     targs, task, objective = chosen or choose_task(cfg)
     method = get_method(cfg.method)
-    resolved, model, tokenizer = load_model_and_tokenizer(cfg.model, objective, task.num_labels, dtype,
-                                                          cfg.padding_side, cfg.init_from)  # fmt: skip
+    resolved, model, tokenizer = load_model_and_tokenizer(
+        cfg.model, objective, task.num_labels, dtype, cfg.padding_side, cfg.init_from
+    )
     instruct = bool(getattr(resolved, "instruct", False))
     context = getattr(model.config, "max_position_embeddings", None)
     encoder = is_encoder(model.config)  # sentence pairs as pairs, truncated from the right
@@ -231,8 +241,23 @@ def set_up(
     if cfg.dropout is not None:
         set_dropout(model, cfg.dropout)
     model.to(device)
-    return Setup(device, dtype, precision, targs, task, objective, method, resolved, model, tokenizer, instruct, enc,
-                 max_length, head_info, heads)  # fmt: skip
+    return Setup(
+        device,
+        dtype,
+        precision,
+        targs,
+        task,
+        objective,
+        method,
+        resolved,
+        model,
+        tokenizer,
+        instruct,
+        enc,
+        max_length,
+        head_info,
+        heads,
+    )
 
 
 def enable_gradient_checkpointing(model: nn.Module, reentrant: bool = False) -> None:
