@@ -6,6 +6,8 @@ The toy task is trivially learnable: label 1 iff the sentence contains "good" (e
 from __future__ import annotations
 
 import random
+import subprocess
+import warnings
 from pathlib import Path
 
 import torch
@@ -145,3 +147,29 @@ def assert_same_run(one: dict, two: dict, *, dev_and_test: bool = True) -> None:
             assert close(h1["dev_loss"], h2["dev_loss"]), (h1, h2)
     if dev_and_test:
         assert close(one["metrics"]["test"]["loss"], two["metrics"]["test"]["loss"])
+
+
+# What a gloo rank sometimes prints when it aborts in C++ teardown at interpreter exit, after its work is done
+# (seen under CPU load with torch 2.13, also in workers that destroy their process group first).
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+
+def run_launch(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """`subprocess.run` of a multi-process launch (`python -m torch.distributed.run` or `accelerate.commands.launch`).
+    A launch whose only failure is a rank's abort at exit (`TEARDOWN_ABORT`, no Python exception in any rank)
+    counts as finished: the caller then checks every file the run had to write, so a run that stopped before its
+    end still fails its test."""
+    proc = subprocess.run(cmd, **kwargs)
+    err = proc.stderr.decode() if isinstance(proc.stderr, bytes) else proc.stderr or ""
+    if proc.returncode != 0 and TEARDOWN_ABORT in err and not _rank_raised(err):
+        warnings.warn(
+            f"a rank aborted at exit ({TEARDOWN_ABORT}); its outputs are checked instead", stacklevel=2
+        )
+        proc.returncode = 0
+    return proc
+
+
+def _rank_raised(err: str) -> bool:
+    """Whether a rank printed a Python traceback (the launcher's own report starts in `<frozen runpy>`)."""
+    blocks = err.split("Traceback (most recent call last):\n")[1:]
+    return any("<frozen runpy>" not in block.split("\n", 1)[0] for block in blocks)

@@ -6,7 +6,6 @@ layer and at the root, and train on halves of the same global batches the single
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from fsdp_worker import CONFIG, LR, batches, probe, tiny_classifier
 from safetensors.torch import load_file
 
 from sparta import SpartaConfig, SpartaModel, get_sparta_model
+from tinylm import run_launch
 
 torch.set_num_threads(1)
 WORKER = Path(__file__).with_name("fsdp_worker.py")
@@ -42,7 +42,7 @@ def fsdp_run(tmp_path_factory) -> Path:
         str(out),
     ]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    proc = subprocess.run(cmd, capture_output=True, timeout=300, env={**env, "OMP_NUM_THREADS": "1"})
+    proc = run_launch(cmd, capture_output=True, timeout=300, env={**env, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     return out
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from sparta.train import TrainConfig, train
 from sparta.train import distributed as dist_mod
+from sparta.train.distributed import end_launch
 
 
 class FSDP2Runtime(dist_mod.Runtime):
@@ -49,3 +50,4 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     dist_mod.Runtime.from_launch = classmethod(from_launch)
     train(TrainConfig(**json.loads(sys.argv[1])))
+    end_launch()  # as `sparta train` does after a multi-process run

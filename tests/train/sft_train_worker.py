@@ -16,9 +16,11 @@ import fsdp_train_worker  # noqa: E402
 
 from sparta.train import TrainConfig, train  # noqa: E402
 from sparta.train import distributed as dist_mod  # noqa: E402
+from sparta.train.distributed import end_launch
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
     if sys.argv[2] == "fsdp":
         dist_mod.Runtime.from_launch = classmethod(fsdp_train_worker.from_launch)
     train(TrainConfig(**json.loads(sys.argv[1])))
+    end_launch()  # as `sparta train` does after a multi-process run

@@ -3,13 +3,13 @@ processes on gloo (the documented command), `--cpu --num_processes 2` gives one,
 
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from sparta.train.distributed import Runtime
+from tinylm import run_launch
 
 SCRIPT = """
 import os, sys
@@ -48,7 +48,7 @@ def _launch(tmp_path: Path, *flags: str) -> list[str]:
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
     }
-    proc = subprocess.run(launch, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=180)
+    proc = run_launch(launch, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line.removeprefix("LOG ") for line in proc.stdout.splitlines() if line.startswith("LOG ")]
     assert lines, proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -3,7 +3,6 @@
 import json
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 import torch
 
 from sparta.train import train
-from tinylm import assert_same_run
+from tinylm import assert_same_run, run_launch
 
 REPO = Path(__file__).resolve().parents[2]
 SPARTA = Path(sys.executable).parent / "sparta"
@@ -78,7 +77,7 @@ def _launch_two(cfg, tmp_path: Path) -> dict:
         *argv,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(launch, env=env, capture_output=True, cwd=tmp_path, timeout=300)
+    proc = run_launch(launch, env=env, capture_output=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     return json.loads((Path(cfg.output) / "results.json").read_text())
 

@@ -17,7 +17,7 @@ from sparta.objectives import Preference
 from sparta.objectives.preference import REFERENCE_FILE, reference_logps, sequence_logps
 from sparta.runs.causal import merged_run_model, open_causal_run
 from sparta.train import TrainConfig, train
-from tinylm import FILLER, make_tokenizer
+from tinylm import FILLER, make_tokenizer, run_launch
 
 
 def _pairs(n: int, seed: int) -> list[dict]:
@@ -208,7 +208,6 @@ def test_two_processes_match_one_for_dpo(dpo_config, tmp_path):
     disabled adapter) runs on the unwrapped model of each rank, the pairs' losses average over the global batch."""
     import os
     import socket
-    import subprocess
     import sys
 
     from tinylm import assert_same_run
@@ -278,7 +277,7 @@ def test_two_processes_match_one_for_dpo(dpo_config, tmp_path):
         *argv,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(launch, env=env, capture_output=True, cwd=tmp_path, timeout=300)
+    proc = run_launch(launch, env=env, capture_output=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     two = read_json(Path(cfg.output) / "results.json")
     assert two["processes"] == 2 and two["objective"] == "preference"

@@ -3,7 +3,6 @@
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,7 +15,7 @@ from sparta.errors import SpartaError
 from sparta.train import loop as L
 from sparta.train import train
 from sparta.train.distributed import Runtime, merge_mode_for
-from tinylm import assert_same_run
+from tinylm import assert_same_run, run_launch
 
 WORKER = Path(__file__).with_name("fsdp_train_worker.py")
 
@@ -69,7 +68,7 @@ def _launch_fsdp(cfg, tmp_path: Path) -> dict:
     ]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    proc = subprocess.run(cmd, env=env, capture_output=True, cwd=tmp_path, timeout=300)
+    proc = run_launch(cmd, env=env, capture_output=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     return json.loads((Path(cfg.output) / "results.json").read_text())
 

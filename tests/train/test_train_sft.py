@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,7 +24,7 @@ from sparta.objectives import LanguageModelling
 from sparta.train import TrainConfig, train
 from sparta.train.distributed import Runtime
 from sparta.train.loop import step_loss_and_backward
-from tinylm import assert_same_run
+from tinylm import assert_same_run, run_launch
 from tinysft import random_lm_data, tiny_lm, write_toy_sft_files
 
 LM = LanguageModelling()
@@ -145,7 +144,7 @@ def test_two_processes_match_one_with_the_same_global_batch(sft_config, tmp_path
         ]
     else:
         launch = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
-    proc = subprocess.run(
+    proc = run_launch(
         [sys.executable, *launch, *worker], env=env, capture_output=True, cwd=tmp_path, timeout=300
     )
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from sparta.train.config import add_train_arguments, config_from_args
+from sparta.train.distributed import end_launch
 from sparta.train.recipes import train
 
 EPILOG = """examples:
@@ -39,4 +40,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     train(config_from_args(args))
+    end_launch()
     return 0

@@ -13,6 +13,7 @@ import sys
 from sparta.console import configure_logging
 from sparta.errors import SpartaError
 from sparta.train.config import TrainConfig, load_yaml
+from sparta.train.distributed import end_launch
 from sparta.train.recipes import train
 
 
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     try:
         train(TrainConfig.from_dict(load_yaml(args.config), source=args.config))
+        end_launch()
     except SpartaError as err:
         print(f"sparta train: error: {err}", file=sys.stderr)
         return 2

@@ -21,6 +21,14 @@ from torch import nn
 from sparta.errors import SpartaError
 
 
+def end_launch() -> None:
+    """Take down this process's process group after a finished multi-process run (what accelerate's
+    `end_training` does), before the interpreter exits: its communication threads are then joined in order
+    rather than left to the C++ teardown at exit. Nothing happens in a single-process run."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def launched_distributed() -> bool:
     """True inside a multi-process launch (accelerate launch / torchrun set WORLD_SIZE)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
