@@ -189,6 +189,9 @@ class _SparseDeltaLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, delta, crow, col, transposed, state):  # noqa: ANN001
         x = _compute_input(x)
+        # under autocast the weight is cast once here and that copy kept for the input gradient, as a plain
+        # Linear under autocast keeps its cast weight (no second cast in backward)
+        weight = weight.to(x.dtype) if x.dtype != weight.dtype and x.is_floating_point() else weight
         ctx.save_for_backward(x, weight, crow, col)
         _save_meta(ctx, bias, delta, transposed)
         ctx.state = state
