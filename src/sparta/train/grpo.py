@@ -56,6 +56,7 @@ from sparta.train.loop import (
     clip_gradients,
     rank_slice,
     state_digest,
+    write_checkpoint,
 )
 from sparta.train.outputs import run_info, write_outputs
 from sparta.train.rates import resolve_lr
@@ -300,25 +301,12 @@ def save_rl_checkpoint(
     cfg: TrainConfig, output: Path, net: nn.Module, opt: RLOptimisation, zero_shot, rt: Runtime
 ) -> None:
     state = {
-        "config": cfg.to_dict(),
         "stream": opt.stream.state(),
         "progress": dataclasses.asdict(opt.progress),
         "zero_shot": zero_shot,
         "scaler": opt.scaler.state_dict() if opt.scaler is not None else None,
     }
-    rng = rt.gather(C.rng_state())
-    if rt.is_main:
-        C.save_checkpoint(
-            output,
-            opt.progress.step,
-            trainable_state(net),
-            opt.optimizer.state_dict(),
-            opt.scheduler.state_dict(),
-            rng,
-            state,
-            keep=cfg.keep_checkpoints,
-        )
-    rt.barrier()
+    write_checkpoint(cfg, output, net, opt.optimizer, opt.scheduler, opt.progress.step, state, rt)
 
 
 # -- the recipe ----------------------------------------------------------------------------------------------------

@@ -170,24 +170,49 @@ def save_checkpoint(
 ) -> None:
     """Write OUTPUT/checkpoint-STEP (rank 0) with everything needed to continue bitwise."""
     state = {
-        "config": cfg.to_dict(),
         "stream": opt.stream.state(),
         "stopper": opt.stopper.state(),
         "progress": dataclasses.asdict(opt.progress),
         "zero_shot": zero_shot,
         "scaler": opt.scaler.state_dict() if opt.scaler is not None else None,
     }
+    write_checkpoint(
+        cfg,
+        output,
+        net,
+        opt.optimizer,
+        opt.scheduler,
+        opt.progress.step,
+        state,
+        rt,
+        best=opt.stopper.best_state,
+    )
+
+
+def write_checkpoint(
+    cfg: TrainConfig,
+    output: Path,
+    net: nn.Module,
+    optimizer,
+    scheduler,
+    step: int,
+    state: dict,
+    rt: Runtime,
+    best: dict | None = None,
+) -> None:
+    """OUTPUT/checkpoint-STEP, written by rank 0: the trainable state, optimizer, schedule, every rank's random
+    state, the config and a recipe's own `state` (its counters); then every rank waits for it."""
     rng = rt.gather(C.rng_state())
     if rt.is_main:
         C.save_checkpoint(
             output,
-            opt.progress.step,
+            step,
             trainable_state(net),
-            opt.optimizer.state_dict(),
-            opt.scheduler.state_dict(),
+            optimizer.state_dict(),
+            scheduler.state_dict(),
             rng,
-            state,
-            best=opt.stopper.best_state,
+            {"config": cfg.to_dict(), **state},
+            best=best,
             keep=cfg.keep_checkpoints,
         )
     rt.barrier()
