@@ -110,12 +110,32 @@ def zero_shot(out: Path, precision: list[str]) -> None:
             )
 
 
+def check_precision(out: Path, asked: str) -> None:
+    """Every cell of the table in one precision: stop before training when this machine would compute another
+    (bf16-mixed falls back to fp32 on a CPU without bf16 instructions) or a finished cell recorded another."""
+    from sparta.models import pick_device
+    from sparta.precision import normalise, resolve
+
+    wanted = normalise(asked)
+    chosen = resolve(wanted, pick_device(None, None)[0])
+    if chosen.name != wanted:
+        raise SystemExit(
+            f"this grid computes every cell in {wanted}, but this machine would not ({chosen.reason}); continue "
+            f"it on a machine that computes {wanted}, or start a new output directory with --precision {chosen.name}"
+        )
+    for results in sorted(out.rglob("results.json")):
+        recorded = (json.loads(results.read_text()).get("precision") or {}).get("name", "fp32")
+        if recorded != wanted:
+            raise SystemExit(f"{results} was computed in {recorded}, not {wanted}: one precision per table")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("queue", choices=sorted(QUEUES))
     parser.add_argument("out", type=Path)
     parser.add_argument("--precision", default="bf16-mixed")
     args = parser.parse_args()
+    check_precision(args.out, args.precision)
     precision = ["--precision", args.precision]
     chosen: dict[str, float] = {}
     for method, _ in QUEUES[args.queue]:

@@ -14,6 +14,7 @@ from sparta.experiments import build_report, load_recipe, run_experiment
 from sparta.experiments.merges import merge_plans
 from sparta.experiments.recipes import expand
 from sparta.experiments.report import merged_records, rules_table
+from sparta.merging import merge as merge_module
 
 
 @pytest.fixture
@@ -78,7 +79,7 @@ def test_bad_variants_are_clear_errors(data_dir, tmp_path, variant, message):
         merge_plans(recipe, "cpu", tmp_path, cells)
 
 
-def test_variants_merge_end_to_end_and_report_one_line_each(recipe_file, tmp_path, caplog):
+def test_variants_merge_end_to_end_and_report_one_line_each(recipe_file, tmp_path, caplog, monkeypatch):
     doc = yaml.safe_load(recipe_file.read_text())
     task = doc["scales"]["cpu"]["tasks"]["toy"]
     variants = {
@@ -96,11 +97,35 @@ def test_variants_merge_end_to_end_and_report_one_line_each(recipe_file, tmp_pat
     path = tmp_path / "merging.yaml"
     path.write_text(yaml.safe_dump(doc))
     out = tmp_path / "out"
+    evaluated: list[
+        str | None
+    ] = []  # the task of each evaluation of compare_with_single (None: a single adapter)
+    real_evaluate = merge_module.evaluate
+
+    def counting_evaluate(loaded, task, *args, **kwargs):
+        evaluated.append(task)
+        return real_evaluate(loaded, task, *args, **kwargs)
+
+    monkeypatch.setattr(merge_module, "evaluate", counting_evaluate)
     with caplog.at_level(logging.INFO, logger="sparta"):
         summary = run_experiment(load_recipe(path), "cpu", out, only=["sparta"], isolation="process")
     assert sorted(summary.merged) == ["merged/sparta/seed0", "merged/ties/seed0", "merged/tuned/seed0"]
+    # each single adapter is evaluated once for the three variants, each merged model once per task
+    assert evaluated.count(None) == 2 and len(evaluated) == 2 + 3 * 2
+    assert len(list((out / "merged/single-metrics/seed0").glob("*.json"))) == 2
+    singles = [
+        {
+            t: v["single"]
+            for t, v in json.loads((out / f"merged/{n}/seed0/merged.json").read_text())["eval"][
+                "tasks"
+            ].items()
+        }
+        for n in variants
+    ]
+    assert singles[0] == singles[1] == singles[2] and len(singles[0]) == 2
     ties = json.loads((out / "merged/ties/seed0/merged.json").read_text())
     assert ties["strategy"] == {"name": "ties", "top_k": 0.5} and len(ties["eval"]["tasks"]) == 2
+    assert ties["precision"] == "fp32"  # the adapters' training precision (the suite runs in fp32)
     tuned = json.loads((out / "merged/tuned/seed0/merged.json").read_text())
     assert len(tuned["tuning"]["candidates"]) == 4 and list(tuned["tuning"]["dev_examples"].values()) == [
         8,

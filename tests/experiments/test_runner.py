@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from sparta.errors import SpartaError
 from sparta.experiments import build_report, load_recipe, run_experiment
 from sparta.train import train
 from sparta.train.config import TrainConfig, load_yaml
@@ -232,3 +233,32 @@ def test_a_merging_recipe_merges_its_cells_through_the_library(recipe_file, tmp_
     assert any(line.startswith("sparta merge ") and "--eval" in line for line in lines)
     again = run_experiment(load_recipe(path), "cpu", out, only=["sparta"], isolation="process")
     assert again.merged == [] and "merged/sparta/seed0" in again.skipped
+
+
+def test_a_grid_refuses_to_mix_precisions_before_training_anything(recipe_file, tmp_path):
+    recipe = load_recipe(recipe_file)
+    out = tmp_path / "out"
+    run_experiment(recipe, "cpu", out, only=["head"], seeds=[0], isolation="process")
+    finished = json.loads((out / "toy/head/seed0/results.json").read_text())
+    assert finished["precision"]["name"] == "fp32"
+
+    def no_training(cfg):
+        raise AssertionError(f"{cfg.output} was trained in a second precision")
+
+    # fp16 autocast runs on every CPU, so the cells left would resolve to fp16-mixed beside a finished fp32 cell
+    with pytest.raises(
+        SpartaError, match=r"would mix precisions \(fp32: finished cell toy/head/seed0; fp16-mixed"
+    ):
+        run_experiment(
+            recipe,
+            "cpu",
+            out,
+            overrides={"precision": "fp16-mixed"},
+            isolation="process",
+            train_fn=no_training,
+        )
+    # the same precision as the finished cell goes on
+    summary = run_experiment(
+        recipe, "cpu", out, only=["head"], overrides={"precision": "fp32"}, isolation="process"
+    )
+    assert summary.ran == ["toy/head/seed1"] and summary.skipped == ["toy/head/seed0"]

@@ -31,6 +31,7 @@ from sparta.runs.layout import MERGED_FILE, RESULTS_FILE
 
 logger = logging.getLogger(__name__)
 MERGED_DIR = "merged"
+SINGLE_DIR = "single-metrics"  # OUTPUT/merged/single-metrics/seed<k>/<task>-<dir hash>.json: the single adapters' metrics
 VARIANT_KEYS = (
     "rows",
     "strategy",
@@ -176,8 +177,10 @@ def merge_and_evaluate(plan: MergePlan) -> dict[str, Any]:
         )
     else:
         doc = merge_adapters(plan.sources, plan.target, overwrite=True, strategy=plan.strategy)
+    # every variant of one seed merges the same single adapters: each is evaluated once per seed
+    cache = plan.target.parent.parent / SINGLE_DIR / plan.target.name
     comparison = compare_with_single(
-        plan.target, plan.split, plan.data_dir, plan.max_eval_samples, 32, plan.device
+        plan.target, plan.split, plan.data_dir, plan.max_eval_samples, 32, plan.device, cache
     )
     doc["eval"] = {"split": plan.split, "max_eval_samples": plan.max_eval_samples, "tasks": comparison}
     write_json(plan.target / MERGED_FILE, doc)

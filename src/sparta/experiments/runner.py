@@ -37,6 +37,8 @@ from sparta.experiments.recipes import (
     resolve_budgets,
 )
 from sparta.fileio import atomic_file, read_json
+from sparta.models import pick_device
+from sparta.precision import resolve as resolve_precision
 from sparta.runs.layout import RESULTS_FILE
 from sparta.train.checkpoint import latest_checkpoint
 from sparta.train.config import TrainConfig, load_yaml
@@ -175,6 +177,7 @@ def run_experiment(
 
     output.mkdir(parents=True, exist_ok=True)
     todo = [c for c in cells if not is_done(c.directory(output))]
+    check_one_precision(cells, todo, output)
     summary.skipped = [c.key for c in cells if c not in todo]
     everything = (
         cells
@@ -204,6 +207,38 @@ def run_experiment(
     if recipe.kind == "merging":
         run_merges(recipe, scale, output, cells, summary)
     return summary
+
+
+def finished_precision(directory: Path) -> str:
+    """The precision a finished cell computed in (results.json; cells from before mixed precision: fp32)."""
+    try:
+        recorded = read_json(directory / RESULTS_FILE).get("precision") or {}
+    except (SpartaError, AttributeError):
+        return "fp32"
+    return recorded.get("name", "fp32") if isinstance(recorded, dict) else str(recorded)
+
+
+def check_one_precision(cells: list[Cell], todo: list[Cell], output: Path) -> None:
+    """Every cell of one grid computes in one precision, so that its table compares methods, not number formats.
+
+    The cells left to run are resolved on this machine as their runs will resolve them (`sparta.precision`: a
+    bf16-mixed cell falls back to fp32 on a CPU without bf16 instructions); together with the finished cells'
+    recorded precisions they must name one precision, else the grid stops before training anything."""
+    found: dict[str, str] = {}
+    for cell in cells:
+        if cell not in todo:
+            found.setdefault(finished_precision(cell.directory(output)), f"finished cell {cell.key}")
+    for cell in todo:
+        cfg = cell.config(output)
+        chosen = resolve_precision(cfg.precision, pick_device(cfg.device, cfg.dtype)[0])
+        found.setdefault(chosen.name, f"cell {cell.key} on this machine ({chosen.reason})")
+    if len(found) > 1:
+        seen = "; ".join(f"{name}: {where}" for name, where in found.items())
+        raise SpartaError(
+            f"the cells of {output} would mix precisions ({seen}); a table compares methods in one precision: "
+            "continue this grid on a machine that computes its finished cells' precision, or start it in a new "
+            "output directory with the precision set (--set precision=fp32)"
+        )
 
 
 def _train_seconds(directory: Path) -> float | None:

@@ -15,6 +15,7 @@ with no heads instead (`sparta.merging.causal`).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,6 +176,9 @@ def write_merged(
     else:
         tasks = _write_heads(output, sources, weights)
     pairs = interaction_stats(prep.sparse, prep.names)
+    # the adapters' training precision, when they agree: the merged model is then evaluated in it by default
+    trained_in = {s.info.get("precision") for s in sources}
+    precision = {"precision": trained_in.pop()} if len(trained_in) == 1 and None not in trained_in else {}
     document = {
         "format": MERGED_FORMAT,
         "kind": "sparta-merged",
@@ -187,6 +191,7 @@ def write_merged(
         "interactions": pairs,
         "survival": survival_report(prep.sparse, weights, prep.names, strategy),
         "warnings": interaction_warnings(sources, pairs) + strategy_warnings(strategy, pairs),
+        **precision,
         **(extra or {}),
     }
     write_json(output / MERGED_FILE, document)
@@ -259,17 +264,49 @@ def compare_with_single(
     max_eval_samples: int | None = None,
     batch_size: int = 32,
     device: str | None = None,
+    single_cache: str | Path | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """{task: {"merged": metrics, "single": metrics}} for every task merged from a training dir."""
+    """{task: {"merged": metrics, "single": metrics}} for every task merged from a training dir.
+
+    `single_cache`: a folder keeping each single adapter's metrics (one JSON file per task and adapter directory,
+    keyed by the directory, split, sample cap, data folder and precision), so that a grid merging the same adapters by many rules evaluates
+    each adapter once; a file whose key differs is computed again and replaced."""
     merged = open_model(path, device=device)
     out: dict[str, dict[str, Any]] = {}
     for name, head in merged.tasks.items():
         if not head.known_data:
             continue
-        run = open_model(head.entry["source"], device=device)
+        source = head.entry["source"]
+        key = {
+            "source": str(Path(source).resolve()),
+            "split": split,
+            "max_eval_samples": max_eval_samples,
+            "data_dir": data_dir,
+            "precision": merged.precision.name if merged.precision is not None else "fp32",
+        }
+        digest = hashlib.sha1(key["source"].encode()).hexdigest()[:10]
+        cached = Path(single_cache) / f"{name}-{digest}.json" if single_cache is not None else None
+        single = _cached_metrics(cached, key)
+        if single is None:
+            run = open_model(source, device=device)
+            single = evaluate(run, None, split, data_dir, max_eval_samples, batch_size)
+            del run
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                write_json(cached, {"key": key, "metrics": single})
         out[name] = {
             "merged": evaluate(merged, name, split, data_dir, max_eval_samples, batch_size),
-            "single": evaluate(run, None, split, data_dir, max_eval_samples, batch_size),
+            "single": single,
         }
-        del run
     return out
+
+
+def _cached_metrics(file: Path | None, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The metrics stored in `file` when it was written for `key`, else None."""
+    if file is None or not file.is_file():
+        return None
+    try:
+        doc = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return doc.get("metrics") if isinstance(doc, dict) and doc.get("key") == key else None

@@ -163,7 +163,7 @@ def open_model(
     `objective` asks for one kind of model: "language-modelling" (generation) opens a base model name or directory
     as a causal LM without a task, and refuses a classification run, merge or classifier with a clear error.
     `precision` (fp32, bf16-mixed, fp16-mixed): what its forwards compute in; by default the precision the run
-    was trained in (run.json), else the device's default (`sparta.precision.resolve`)."""
+    was trained in (run.json; a merged model: its adapters', merged.json), else the device's default (`sparta.precision.resolve`)."""
     loaded = _open(path, task, device, dtype, objective)
     loaded.precision = resolve_precision(precision or loaded.info.get("precision"), loaded.device)
     return loaded
