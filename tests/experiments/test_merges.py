@@ -35,27 +35,28 @@ def test_the_shipped_protocol_merges_every_rule_and_one_shared_index_set(data_di
     cells, _ = expand(recipe, "cpu", overrides={"data_dir": str(data_dir)})
     keys = {c.key: c.config(tmp_path) for c in cells}
     assert "sst2/sparta-1-shared/seed0" not in keys  # SST-2's adapter is sparta-1's
+    assert "cola/sparta-1-shared/seed1" not in keys  # the shared-index row trains on seed 0 only
+    assert keys["cola/sparta-1-shared/seed0"].index_seed == 0 == keys["sst2/sparta-1/seed0"].seed
     for seed in (0, 1, 2):
-        assert (
-            keys[f"cola/sparta-1-shared/seed{seed}"].index_seed
-            == seed
-            == keys[f"sst2/sparta-1/seed{seed}"].seed
-        )
         assert keys[f"cola/sparta-1/seed{seed}"].index_seed == 1000 + seed
+        assert keys[f"sst2/sparta-1/seed{seed}"].max_train_samples == 2000
+        assert keys[f"cola/sparta-1/seed{seed}"].max_train_samples is None  # CoLA's whole training set
+        assert keys[f"cola/sparta-1/seed{seed}"].precision == "fp32"
     plans = {str(p.target.relative_to(tmp_path)): p for p in merge_plans(recipe, "cpu", tmp_path, cells)}
-    assert len(plans) == 13 * 3 + 2  # 13 rules x 3 seeds, the two tuned merges on seed 0
+    # sum, mean, TIES on 3 seeds; DARE's 3 seeds of randomness, the 2 tuned merges, the 7 shared-index rules on seed 0
+    assert len(plans) == 3 * 3 + 3 + 2 + 7
     assert {f"merged/dare-seed{k}/seed0" for k in range(3)} <= set(plans)
-    assert "merged/tuned-ties/seed1" not in plans
-    shared = plans["merged/shared-mean/seed1"]
+    assert "merged/tuned-ties/seed1" not in plans and "merged/dare-seed0/seed1" not in plans
+    shared = plans["merged/shared-mean/seed0"]
     assert [str(s.relative_to(tmp_path)) for s in shared.sources] == [
-        "sst2/sparta-1/seed1",
-        "cola/sparta-1-shared/seed1",
+        "sst2/sparta-1/seed0",
+        "cola/sparta-1-shared/seed0",
     ]
     assert "--overwrite --strategy mean --eval --split test --data-dir" in shared.command()
     tuned = plans["merged/tuned-ties/seed0"].command()
     assert "--strategy ties --tune-weights --weight-grid 0.5,0.75,1,1.25 --param-grid 0.1,0.2,0.5" in tuned
-    assert "--top-k" not in tuned and tuned.endswith("# tuning on 500 dev examples per task")
-    dare = plans["merged/shared-dare-ties/seed2"].command()
+    assert "--top-k" not in tuned and tuned.endswith("# tuning on 250 dev examples per task")
+    dare = plans["merged/shared-dare-ties/seed0"].command()
     assert "--strategy dare --drop 0.5 --dare-then ties --dare-seed 0 --top-k 0.2" in dare
     assert plans["merged/sparta-1/seed0"].command().count("--strategy") == 0
 

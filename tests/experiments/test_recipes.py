@@ -45,7 +45,14 @@ def test_recipe_expands_to_rows_x_tasks_x_seeds(name, scale, data_dir, tmp_path)
     rows = {
         t: [r for r, d in recipe.rows.items() if t in d.get("tasks", [t])] for t in tasks
     }  # `tasks:` rows
-    assert [c.key for c in cells] == [f"{t}/{r}/seed{s}" for t in tasks for r in rows[t] for s in seeds]
+    wanted = [
+        f"{t}/{r}/seed{s}"
+        for t in tasks
+        for r in rows[t]
+        for s in seeds
+        if s in recipe.rows[r].get("seeds", seeds)  # `seeds:` rows
+    ]
+    assert [c.key for c in cells] == wanted
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)
     for cell in cells:
@@ -57,7 +64,8 @@ def test_recipe_expands_to_rows_x_tasks_x_seeds(name, scale, data_dir, tmp_path)
         assert estimate_seconds(cell, recipe.scale(scale).get("tokens_per_example")) > 0
     if scale == "cpu":
         total = sum(estimate_seconds(c, recipe.scale(scale).get("tokens_per_example")) for c in cells)
-        assert total < 75 * 60, f"{name}: cpu scale estimated at {total / 60:.0f} min"
+        # CPU-sized: the evidence protocols are a few job-hours of resumable cells, not a GPU grid
+        assert total < 3 * 3600, f"{name}: cpu scale estimated at {total / 60:.0f} min"
 
 
 def test_merging_recipe_gives_each_task_its_own_index_seed(data_dir):

@@ -285,3 +285,24 @@ def test_two_processes_match_one_for_dpo(dpo_config, tmp_path):
     assert two["metrics"]["test"]["preference_accuracy"] == pytest.approx(
         one["metrics"]["test"]["preference_accuracy"]
     )
+
+
+def test_a_dpo_run_generates_exports_and_merges_as_the_causal_lm_it_is(dpo_config, tmp_path):
+    """An aligned run is a causal LM like an SFT run: `sparta generate` opens it, `sparta export` writes a plain
+    causal LM whose greedy text is the run's, and its SpaRTA adapter merges as an SFT adapter does."""
+    from sparta.cli import main
+    from sparta.merging.sources import open_adapter
+    from sparta.runs import open_model
+    from sparta.runs.export import export_run
+    from sparta.runs.generation import generate_texts
+    from sparta.serve.adapters import check_sparta_run
+
+    train(dpo_config(eval_generate=False))
+    run = tmp_path / "run"
+    loaded = open_model(run, objective="language-modelling")
+    prompts = ["alpha beta", "gamma"]
+    texts = generate_texts(loaded, prompts, max_new_tokens=4)
+    exported = open_model(export_run(run, tmp_path / "export"), objective="language-modelling")
+    assert generate_texts(exported, prompts, max_new_tokens=4) == texts and len(texts) == 2
+    assert main(["generate", str(run), "alpha beta", "--max-new-tokens", "2"]) == 0
+    assert open_adapter(run).causal_lm and check_sparta_run(run)["objective"] == "preference"

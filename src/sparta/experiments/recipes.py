@@ -14,7 +14,7 @@ A row may give `budget` instead of `density`: trainable deltas as a fraction of 
 turned into a density for the row's targets from the model's shapes (same parameter count for every target set).
 `index_seed_offset: K` (any settings level) samples a cell's SpaRTA indices with seed + K instead of its seed, so
 adapters meant to be merged get different index sets per task. A row with `tasks: [...]` trains only for those
-tasks. A merging recipe's `merge:` says what to merge (`sparta.experiments.merges`).
+tasks, one with `seeds: [...]` only for those of the scale's seeds (e.g. a costly variant on one seed). A merging recipe's `merge:` says what to merge (`sparta.experiments.merges`).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ ROW_ONLY_KEYS = (
     "budget",
     "reference",
     "tasks",
+    "seeds",
 )  # recipe-level row keys that are not TrainConfig fields
 # Rough CPU costs of SmolLM2-135M in fp32 on this kind of machine (seconds per token), and per-method factors.
 TRAIN_S_PER_TOKEN, EVAL_S_PER_TOKEN = 3e-3, 1e-3
@@ -255,6 +256,8 @@ def expand(
             budget = settings.pop("budget", definition.get("budget"))
             offset = settings.pop("index_seed_offset", None)
             for seed in seeds:
+                if definition.get("seeds") is not None and int(seed) not in definition["seeds"]:
+                    continue
                 seeded = {**settings, "seed": int(seed)}
                 if offset is not None:  # e.g. adapters to be merged: a different index set per task
                     seeded["index_seed"] = int(seed) + int(offset)

@@ -15,7 +15,7 @@ from sparta.adapter.io import read_adapter_config, read_heads, read_sparse_delta
 from sparta.errors import SpartaError
 from sparta.fileio import read_json
 from sparta.methods import METHODS
-from sparta.runs.causal import LANGUAGE_MODELLING
+from sparta.runs.causal import LANGUAGE_MODELLING, is_causal_lm
 from sparta.runs.layout import ADAPTER_DIR, RUN_FILE
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # a task's key in the merged model
@@ -34,7 +34,7 @@ class AdapterSource:
 
     @property
     def causal_lm(self) -> bool:
-        return self.objective == LANGUAGE_MODELLING
+        return is_causal_lm(self.objective)
 
     @property
     def base_model(self) -> str | None:
@@ -68,7 +68,7 @@ def open_adapter(path: str | Path) -> AdapterSource:
     task = (info.get("task") or {}).get("name")
     name = _clean_name(task if task and task != "custom" else (run_dir or adapter).resolve().name)
     objective = info.get("objective", "classification") if info else _bare_objective(document)
-    if objective == LANGUAGE_MODELLING:
+    if is_causal_lm(objective):
         return AdapterSource(adapter, run_dir, document, info, name, objective)
     if not document["heads"]:
         raise SpartaError(f"{adapter} has no trained head; merging keeps one head per task")

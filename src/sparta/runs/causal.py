@@ -22,11 +22,18 @@ from sparta.errors import SpartaError
 from sparta.fileio import read_json
 from sparta.methods import get_method
 from sparta.models import ResolvedModel, load_model, load_tokenizer, quiet_transformers, resolve_model
+from sparta.objectives import get_objective
 from sparta.objectives.lm_head import untie_lm_head
 from sparta.runs.layout import ADAPTER_DIR, MODEL_DIR, RUN_FILE, TOKENIZER_DIR
 
 LANGUAGE_MODELLING = "language-modelling"  # the objective of SFT runs (sparta.objectives.language_modelling)
 FROZEN_HEAD = "frozen"  # run.json "lm_head" of a run that left the LM head as it was
+
+
+def is_causal_lm(objective: str | None) -> bool:
+    """Whether a run of `objective` (run.json's "objective"; runs from before SFT: classification) is a causal LM
+    (SFT, DPO, GRPO): asked of the objective plug-in, never of its name."""
+    return get_objective(objective or "classification").model_kind == "causal-lm"
 
 
 def has_trained_head(path: str) -> bool:
@@ -121,7 +128,7 @@ def merged_run_model(run_dir: Path, dtype: torch.dtype) -> nn.Module:
             f"--init-from {run_dir}: no {RUN_FILE} there; give the directory of a finished SFT run"
         )
     info = read_json(run_dir / RUN_FILE)
-    if info.get("objective") not in (LANGUAGE_MODELLING, "preference"):
+    if not is_causal_lm(info.get("objective")):
         raise SpartaError(
             f"--init-from {run_dir}: it is a {info.get('objective', 'classification')} run; give an "
             "SFT (language-modelling) run"

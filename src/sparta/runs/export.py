@@ -29,7 +29,7 @@ from sparta.fileio import read_json, write_json
 from sparta.methods import get_method
 from sparta.models import load_model, load_tokenizer, quiet_transformers, resolve_model
 from sparta.objectives.generation import stop_token_ids
-from sparta.runs.causal import LANGUAGE_MODELLING, base_model_of, open_causal_run
+from sparta.runs.causal import base_model_of, is_causal_lm, open_causal_run
 from sparta.runs.layout import (
     ADAPTER_DIR,
     MODEL_CONFIG,
@@ -49,7 +49,7 @@ def export_run(
     source = Path(source)
     if kind_of(source) == "run":
         info = read_json(source / RUN_FILE)
-        if info.get("objective") == LANGUAGE_MODELLING:
+        if is_causal_lm(info.get("objective")):
             return _export_causal(source, info, output, model, overwrite)
         net, tokenizer = _merged_run(source, info, model)
     elif (source / CONFIG_NAME).is_file():

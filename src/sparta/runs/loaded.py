@@ -41,6 +41,7 @@ from sparta.runs.causal import (
     LANGUAGE_MODELLING,
     base_model_of,
     has_trained_head,
+    is_causal_lm,
     open_causal_dir,
     open_causal_run,
     with_pad_token,
@@ -184,7 +185,10 @@ def _open(
         if kind in ("run", "model") and (Path(path) / RUN_FILE).is_file()
         else {}
     )
-    generating = LANGUAGE_MODELLING in (objective, info.get("objective"))  # a causal LM: a task is optional
+    # a causal LM (asked for, or what the run trained): a task is optional
+    generating = (objective is not None and is_causal_lm(objective)) or (
+        bool(info) and is_causal_lm(info.get("objective"))
+    )
     if kind == "name" and task is None and not generating:
         raise SpartaError(
             f"{path} is not a directory holding a run, a merged model or a model; to use a model name as a base "
@@ -245,7 +249,8 @@ def _objective_name(path: str | Path, info: dict, spec: TaskSpec | None, wanted:
 
 
 def _check_objective(path: str | Path, found: str, wanted: str | None) -> str:
-    if wanted is not None and found != wanted:
+    """`found`, when it builds the kind of model `wanted` asks for (any causal-LM objective for a causal LM)."""
+    if wanted is not None and get_objective(found).model_kind != get_objective(wanted).model_kind:
         raise SpartaError(
             f"{path} holds a {found} model, not a {wanted} one (an SFT run, an exported or merged causal LM, or "
             "a base model)"
@@ -298,12 +303,12 @@ def view_of_run(
             f"{run_dir} is not a training run (no {RUN_FILE} with an {ADAPTER_DIR}/ or {MODEL_DIR}/)"
         )
     info = read_json(run_dir / RUN_FILE)
-    _check_objective(run_dir, info.get("objective", "classification"), LANGUAGE_MODELLING)
+    found = _check_objective(run_dir, info.get("objective", "classification"), LANGUAGE_MODELLING)
     if not (run_dir / TOKENIZER_DIR).is_dir():
         raise SpartaError(f"{run_dir} has no {TOKENIZER_DIR}/ folder; is it a finished training run?")
     tokenizer = with_pad_token(AutoTokenizer.from_pretrained(str(run_dir / TOKENIZER_DIR)))
     spec = _task_from(info, None) if info.get("task") else None
-    objective = get_objective(LANGUAGE_MODELLING)
+    objective = get_objective(found)
     loaded = _causal_loaded(
         "run", model, tokenizer, info, spec, bool(info.get("instruct")), device, objective
     )

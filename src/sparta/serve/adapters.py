@@ -24,7 +24,7 @@ from sparta.errors import SpartaError
 from sparta.fileio import read_json
 from sparta.methods import METHODS
 from sparta.runs import Loaded, open_model, untie_lm_head, view_of_run
-from sparta.runs.causal import LANGUAGE_MODELLING, base_model_of
+from sparta.runs.causal import LANGUAGE_MODELLING, base_model_of, is_causal_lm
 from sparta.runs.layout import ADAPTER_DIR, RUN_FILE, kind_of
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
@@ -49,9 +49,9 @@ def check_sparta_run(run_dir: Path) -> dict:
         raise SpartaError(f"{run_dir} is not a training run directory (no {RUN_FILE} and {ADAPTER_DIR}/)")
     info = read_json(run_dir / RUN_FILE)
     objective, method = info.get("objective", "classification"), info.get("method", "")
-    if objective != LANGUAGE_MODELLING:
+    if not is_causal_lm(objective):
         raise SpartaError(
-            f"{run_dir} is a {objective} run; sparta serve serves language-modelling (SFT) runs"
+            f"{run_dir} is a {objective} run; sparta serve serves causal-LM runs (SFT, DPO, GRPO)"
         )
     if method not in METHODS or not METHODS[method].sparse_adapter or METHODS[method].saves_model:
         raise SpartaError(
