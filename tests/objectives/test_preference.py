@@ -154,8 +154,11 @@ def test_sparta_gradients_match_a_separate_policy_and_frozen_reference(tok):
     two.reference_logps = sequence_logps(frozen, two, [0, 1, 2], tok.pad_token_id, "right", "cpu")[0].detach()
     batch_loss(net, two, [0, 1, 2], tok.pad_token_id, "right", "cpu").backward()
     for name, p in net.delta_parameters().items():
-        assert p.grad.abs().sum() > 0
-        torch.testing.assert_close(got[name], p.grad, rtol=1e-6, atol=1e-9)
+        scale = float(p.grad.abs().max())
+        assert scale > 0
+        # the two paths round differently (the reference's log-probs enter the loss through other sums): equal up
+        # to float32 rounding at the gradient's own scale; a wrong reference differs at that scale itself
+        torch.testing.assert_close(got[name], p.grad, rtol=1e-5, atol=1e-5 * scale)
 
 
 def test_bad_pairs_are_dropped_and_counted(tok):

@@ -19,6 +19,7 @@ from safetensors import safe_open
 
 from sparta.adapter.fingerprint import check_fingerprint, hash_samples, sample_positions
 from sparta.errors import SpartaError
+from sparta.methods import METHODS
 
 RUN_FILE = "run.json"  # as sparta.train.results writes them; not imported, so rank needs no training stack
 ADAPTER_DIR, MODEL_DIR = "adapter", "model"
@@ -138,15 +139,13 @@ def resolve_inputs(base: str | Path | None, finetuned: str | Path) -> RankInputs
     if not finetuned.is_dir():
         raise SpartaError(f"fine-tuned model or adapter directory {str(finetuned)!r} does not exist")
     info = _read_json(finetuned / RUN_FILE) if (finetuned / RUN_FILE).is_file() else {}
-    method = info.get("method")
-    if method == "head":
+    method = METHODS.get(info.get("method") or "")  # asked of the method plug-in; None: not a run
+    if method is not None and method.trains_head_only:
         raise SpartaError(
             f"{finetuned} is a head-only run: no backbone weight changed, there is no delta to rank"
         )
-    if method in ("sparta", "lora", "dora"):
-        finetuned = finetuned / ADAPTER_DIR
-    elif method == "full":
-        finetuned = finetuned / MODEL_DIR
+    if method is not None:
+        finetuned = finetuned / (MODEL_DIR if method.saves_model else ADAPTER_DIR)
     if not finetuned.is_dir():
         raise SpartaError(f"{finetuned} does not exist; is {finetuned.parent} a finished training run?")
     config = (
