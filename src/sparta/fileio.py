@@ -73,6 +73,33 @@ def read_json(path: str | os.PathLike, what: str = "") -> Any:
         raise SpartaError(f"{label} is not valid JSON ({json_problem(err)})") from None
 
 
+def write_jsonl(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
+    """Write one JSON object per line, atomically."""
+    with atomic_file(path) as tmp:
+        tmp.write_text("".join(json.dumps(row, default=str) + "\n" for row in rows))
+
+
+def read_jsonl(path: str | os.PathLike, what: str = "") -> list[dict[str, Any]]:
+    """The objects of a JSON-lines file; a missing or corrupt one is a SpartaError naming it and the line."""
+    path = Path(path)
+    label = f"{what} {path}" if what else str(path)
+    if not path.is_file():
+        raise SpartaError(f"{label} does not exist")
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpartaError(f"{label} cannot be read ({err})") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise SpartaError(f"{label} is not valid JSON lines (line {number}: {err.msg})") from None
+    return rows
+
+
 def json_problem(err: Exception) -> str:
     """Where and what a JSON reading error is: "line 2, column 7: Expecting value" (else the error's text)."""
     if isinstance(err, json.JSONDecodeError):

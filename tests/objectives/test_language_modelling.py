@@ -288,6 +288,23 @@ def test_evaluate_is_the_mean_nll_per_target_token(toy_task):
         assert got == {"loss": pytest.approx(expected, rel=1e-5)}
 
 
+def test_records_hold_each_examples_nll_in_split_order(toy_task):
+    """Per-example records (for paired comparisons): each example's summed NLL as a batch of one computes it,
+    in split order whatever the batching, and the split's loss unchanged by asking for them."""
+    model = tiny_lm("qwen2")
+    data = random_lm_data(7, seed=8)
+    with torch.no_grad():
+        each = [reference_sum(model, data, [i]).item() for i in range(7)]
+    plain = LM.evaluate(model, data, toy_task, 3, 0, "right", "cpu")
+    records: list = []
+    got = LM.evaluate(model, data, toy_task, 3, 0, "right", "cpu", records=records)
+    assert got == plain
+    assert [r["index"] for r in records] == list(range(7))
+    assert [r["nll"] for r in records] == pytest.approx(each, rel=1e-5)
+    assert [r["tokens"] for r in records] == data.targets
+    assert len({r["key"] for r in records}) == 7  # one hash per encoded example
+
+
 def test_evaluate_scores_generations(chat, toy_task, tmp_path):
     """generate=True: greedy generations from each example's prompt (`sparta.objectives.generation`), scored by
     `sparta.tasks.exact_match`: references made from the model's own generations for half of the examples
@@ -314,6 +331,21 @@ def test_evaluate_scores_generations(chat, toy_task, tmp_path):
     )
     assert [exact_match(toy_task, t, r) for t, r in zip(own, references, strict=True)] == [True, False] * 2
     assert got["exact_match"] == 0.5 and got["loss"] > 0 and model.training
+    records: list = []
+    LM.evaluate(
+        model,
+        data,
+        toy_task,
+        2,
+        0,
+        "right",
+        "cpu",
+        generate=True,
+        tokenizer=chat,
+        max_new_tokens=3,
+        records=records,
+    )
+    assert [r["exact_match"] for r in records] == [True, False] * 2
 
 
 def test_scoring_generations_needs_the_tokenizer(toy_task, chat):

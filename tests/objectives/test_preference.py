@@ -135,6 +135,30 @@ def test_the_reference_is_the_disabled_adapter_bitwise(tok, method):
     assert not torch.allclose(policy, own)  # the adapter is active again after the reference ran
 
 
+def test_records_are_each_pairs_verdict_and_margin_against_the_reference(tok):
+    """Per-pair records: their means are the split's preference accuracy and reward margin; without a
+    reference only the policy's own log-prob preference is recorded."""
+    base = make_causal_lm(len(tok), tied=False, seed=0).eval()
+    m = get_method("sparta")
+    net = m.apply(base, _cfg(), PREF)
+    data = _encode(tok)
+    alone: list = []
+    zero_shot = PREF.evaluate(net, data, TASK, 2, tok.pad_token_id, "right", "cpu", records=alone)
+    assert "correct" not in alone[0] and "margin" not in alone[0]
+    assert sum(r["prefer"] for r in alone) / len(alone) == pytest.approx(zero_shot["logprob_preference"])
+    with torch.no_grad():
+        for d in net.delta_parameters().values():
+            d.add_(torch.randn_like(d) * 0.05)
+    data.reference = (net, m)
+    records: list = []
+    got = PREF.evaluate(net, data, TASK, 2, tok.pad_token_id, "right", "cpu", records=records)
+    assert [r["index"] for r in records] == list(range(len(data)))
+    assert sum(r["correct"] for r in records) / len(data) == pytest.approx(got["preference_accuracy"])
+    assert sum(r["margin"] for r in records) / len(data) == pytest.approx(got["reward_margin"], rel=1e-5)
+    assert len({r["key"] for r in records}) == len(data)
+    assert any(r["margin"] != 0 for r in records)
+
+
 def test_sparta_gradients_match_a_separate_policy_and_frozen_reference(tok):
     """The in-place fast path: the reference forward (disabled adapter) runs before the policy's, so the policy's
     backward sees its own merged weights; gradients equal those of two separate models."""

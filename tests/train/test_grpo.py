@@ -92,6 +92,15 @@ def test_grpo_run_logs_every_step(grpo_config, tmp_path):
     assert set(result["metrics"]) == {"dev", "test"} and "accuracy" in result["metrics"]["test"]
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["objective"] == "grpo" and info["rewards"] == ["tinyrewards:good", "length=0.01"]
+    # each held-out prompt's greedy verdict and length, before and after training (for `sparta compare`)
+    for name, metrics in (
+        ("test", result["metrics"]["test"]),
+        ("zero-shot.test", result["zero_shot"]["test"]),
+    ):
+        records = [json.loads(line) for line in (tmp_path / "run" / "examples" / f"{name}.jsonl").open()]
+        n = len(records)
+        assert sum(r["correct"] for r in records) / n == pytest.approx(metrics["accuracy"])
+        assert sum(r["completion_length"] for r in records) / n == pytest.approx(metrics["completion_length"])
 
 
 def test_one_update_raises_the_better_completion_and_lowers_the_worse(instruct_model_dir):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sparta.fileio import read_json
+from sparta.fileio import read_json, read_jsonl
 from sparta.methods import get_method
 from sparta.objectives import Preference
 from sparta.objectives.preference import REFERENCE_FILE, reference_logps, sequence_logps
@@ -98,6 +98,13 @@ def test_sparta_eval_of_a_dpo_run_gives_its_final_test_metrics(dpo_config, tmp_p
     assert (
         saved == pytest.approx(test, rel=1e-5, abs=1e-6) and "preference_accuracy" in capsys.readouterr().out
     )
+    # each test pair's verdict, written by training and again by `sparta eval --output`: the same pairs
+    trained, evaluated = (
+        read_jsonl(d / "examples" / "test.jsonl") for d in (tmp_path / "run", tmp_path / "eval")
+    )
+    assert [r["key"] for r in trained] == [r["key"] for r in evaluated] and len(trained) > 1
+    assert [r["correct"] for r in trained] == [r["correct"] for r in evaluated]
+    assert sum(r["correct"] for r in trained) / len(trained) == pytest.approx(test["preference_accuracy"])
 
 
 def test_bad_pairs_are_counted_in_results(dpo_config, pref_files):
@@ -285,6 +292,10 @@ def test_two_processes_match_one_for_dpo(dpo_config, tmp_path):
     assert two["metrics"]["test"]["preference_accuracy"] == pytest.approx(
         one["metrics"]["test"]["preference_accuracy"]
     )
+    # each rank scored its share of the test pairs; rank 0 wrote them all, in split order
+    mine, theirs = (read_jsonl(Path(d) / "examples" / "test.jsonl") for d in (tmp_path / "one", cfg.output))
+    assert [r["key"] for r in mine] == [r["key"] for r in theirs]
+    assert [r["correct"] for r in mine] == [r["correct"] for r in theirs]
 
 
 def test_a_dpo_run_generates_exports_and_merges_as_the_causal_lm_it_is(dpo_config, tmp_path):

@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "export",
     "memory",
     "rank",
+    "compare",
     "reproduce",
     "tune",
 ]

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from sparta.adapter.config import DTYPE_NAMES
 from sparta.errors import SpartaError
-from sparta.fileio import write_json
+from sparta.fileio import write_json, write_jsonl
 from sparta.runs import evaluate, open_model
-from sparta.runs.layout import RESULTS_FILE
+from sparta.runs.layout import RESULTS_FILE, examples_file
 
 
 def add_precision_argument(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +54,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-new-tokens", type=int, default=256, help="most tokens per generation with --generate (256)"
     )
-    parser.add_argument("--output", metavar="DIR", help="write DIR/results.json with these metrics")
+    parser.add_argument(
+        "--output",
+        metavar="DIR",
+        help="write DIR/results.json with these metrics and DIR/examples/SPLIT.jsonl with each example's "
+        "scores (for sparta compare)",
+    )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing results.json in --output"
     )
@@ -71,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if loaded.kind == "merged" and not args.task:
         raise SpartaError(f"{args.dir} is a merged model; pass --task, one of {', '.join(loaded.tasks)}")
     head = loaded.head(args.task if loaded.kind == "merged" else None)
+    records: list | None = [] if out is not None else None
     metrics = evaluate(
         loaded,
         head.name,
@@ -80,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         args.batch_size,
         generate=args.generate,
         max_new_tokens=args.max_new_tokens,
+        records=records,
     )
     shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
     merged = " (merged)" if loaded.kind == "merged" else ""
@@ -94,5 +101,9 @@ def run(args: argparse.Namespace) -> int:
             "metrics": {args.split: metrics},
             "precision": {"name": loaded.precision.name, "reason": loaded.precision.reason},
         }
+        if records:
+            examples = examples_file(out, args.split)
+            examples.parent.mkdir(exist_ok=True)
+            write_jsonl(examples, records)
         write_json(out / RESULTS_FILE, results)
     return 0

@@ -88,7 +88,9 @@ class Objective(ABC):
         rt: Any = None,
         **options: Any,
     ) -> dict[str, float]:
-        """The metrics of one split ("loss" among them), with the objective's `eval_options`."""
+        """The metrics of one split ("loss" among them), with the objective's `eval_options`. Given
+        ``records=[]`` (a keyword), also fills it with one score dict per example in split order, on every
+        process (`sparta.objectives.examples`)."""
 
     @staticmethod
     @abstractmethod

@@ -22,6 +22,7 @@ from sparta.adapter.config import HEAD_MODULES
 from sparta.errors import SpartaError
 from sparta.objectives.base import Objective, Rate
 from sparta.objectives.batching import collate, forward_batches
+from sparta.objectives.examples import example_key
 from sparta.objectives.heads import init_base_head, init_instruct_head
 from sparta.tasks import compute_metrics, field_texts, format_input
 
@@ -138,10 +139,21 @@ def logits(
     return out.get("logits", torch.empty(0, 0))
 
 
-def metrics(task, scores: torch.Tensor, labels: Sequence[int]) -> dict[str, float]:
-    """The mean cross-entropy `loss` and the task's metrics for (N, C) logits."""
+def metrics(
+    task, scores: torch.Tensor, labels: Sequence[int], records: list | None = None, data: Any = None
+) -> dict[str, float]:
+    """The mean cross-entropy `loss` and the task's metrics for (N, C) logits; given a `records` list and the
+    encoded `data`, also each example's label, prediction, correctness and loss (`sparta.objectives.examples`)."""
     target = torch.tensor(list(labels), dtype=torch.long)
     loss = F.cross_entropy(scores, target).item()
+    if records is not None:
+        losses = F.cross_entropy(scores, target, reduction="none").tolist()
+        predicted = scores.argmax(-1).tolist()
+        for i, (y, p, nll) in enumerate(zip(target.tolist(), predicted, losses, strict=True)):
+            key = example_key(data.input_ids[i]) if data is not None else None
+            records.append(
+                {"index": i, "key": key, "label": y, "predicted": p, "correct": p == y, "loss": nll}
+            )
     return {"loss": loss, **compute_metrics(task, scores, target, loss=loss)}
 
 
@@ -200,10 +212,19 @@ class Classification(Objective):
 
     @staticmethod
     def evaluate(
-        model, data: Encoded, task, batch_size: int, pad_id: int, padding_side: str, device, rt=None
+        model,
+        data: Encoded,
+        task,
+        batch_size: int,
+        pad_id: int,
+        padding_side: str,
+        device,
+        rt=None,
+        records: list | None = None,
     ):
-        """The task's metrics plus the mean cross-entropy loss on one split."""
-        return metrics(task, logits(model, data, batch_size, pad_id, padding_side, device, rt), data.labels)
+        """The task's metrics plus the mean cross-entropy loss on one split (`records`: per example, too)."""
+        scores = logits(model, data, batch_size, pad_id, padding_side, device, rt)
+        return metrics(task, scores, data.labels, records, data)
 
     @staticmethod
     def init_head(

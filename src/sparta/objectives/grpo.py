@@ -42,6 +42,7 @@ from torch import nn
 from sparta.errors import SpartaError
 from sparta.objectives.base import Heads, Objective, Rate
 from sparta.objectives.batching import collate
+from sparta.objectives.examples import example_key, gathered
 from sparta.objectives.lm_head import forward_hidden, token_nll
 
 GRPO_LOSSES = ("grpo", "dr-grpo")
@@ -181,8 +182,10 @@ def evaluate(
     rt: Any = None,
     tokenizer: Any = None,
     max_new_tokens: int = 256,
+    records: list | None = None,
 ):
-    """{"accuracy", "completion_length"} of greedy generations from the split's prompts (all processes)."""
+    """{"accuracy", "completion_length"} of greedy generations from the split's prompts (all processes);
+    `records`: each prompt's correct and completion_length, in split order (`sparta.objectives.examples`)."""
     from sparta.objectives.generation import generate_tokens
     from sparta.tasks import exact_match
 
@@ -201,7 +204,14 @@ def evaluate(
         batch_size=batch_size,
     )
     texts = [tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
-    hits = float(sum(exact_match(task, x, data.references[i]) for x, i in zip(texts, share, strict=True)))
+    matched = [bool(exact_match(task, x, data.references[i])) for x, i in zip(texts, share, strict=True)]
+    if records is not None:
+        mine = [
+            {"index": i, "key": example_key(data.prompts[i]), "correct": hit, "completion_length": len(t)}
+            for i, hit, t in zip(share, matched, tokens, strict=True)
+        ]
+        records.extend(gathered(mine, rt))
+    hits = float(sum(matched))
     length = float(sum(len(t) for t in tokens))
     if rt is not None and rt.distributed:
         hits, length = rt.sum(hits), rt.sum(length)

@@ -29,8 +29,15 @@ from torch import nn
 from sparta.errors import SpartaError
 from sparta.objectives.base import Heads, Objective, Rate
 from sparta.objectives.batching import collate, sorted_batches
+from sparta.objectives.examples import example_key, gathered
 from sparta.objectives.generation import generate
-from sparta.objectives.lm_head import chunked_nll, forward_hidden, output_module_name, untie_lm_head
+from sparta.objectives.lm_head import (
+    chunked_nll,
+    forward_hidden,
+    output_module_name,
+    sequence_nll,
+    untie_lm_head,
+)
 from sparta.tasks.chat import encode_example, prompt_ids, reference_text
 from sparta.tasks.metrics import exact_match
 
@@ -116,24 +123,42 @@ def encode_split(
     )
 
 
-def batch_loss(model: nn.Module, data: LMEncoded, idx: list[int], pad_id: int, padding_side: str, device):
-    """Summed next-token NLL over the target tokens of the examples `idx` (0-dim float32, with a graph)."""
+def target_rows(
+    model: nn.Module, data: LMEncoded, idx: list[int], pad_id: int, padding_side: str, device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(hidden rows, their target token ids, the position in `idx` of each row's example) at the target tokens
+    of the examples `idx`."""
     batch = collate([data.input_ids[i] for i in idx], pad_id, padding_side)
     mask = collate([data.loss_mask[i] for i in idx], 0, padding_side)["input_ids"]
     inputs = {k: v.to(device) for k, v in batch.items()}
     hidden = forward_hidden(model, inputs)
     # the hidden state at i - 1 predicts token i: shift the mask and the targets left by one
     at = mask[:, 1:].to(device=hidden.device, dtype=torch.bool)
-    return chunked_nll(model, hidden[:, :-1][at], inputs["input_ids"][:, 1:].to(hidden.device)[at])
+    segments = torch.arange(len(idx), device=hidden.device)[:, None].expand_as(at)[at]
+    return hidden[:, :-1][at], inputs["input_ids"][:, 1:].to(hidden.device)[at], segments
+
+
+def batch_loss(model: nn.Module, data: LMEncoded, idx: list[int], pad_id: int, padding_side: str, device):
+    """Summed next-token NLL over the target tokens of the examples `idx` (0-dim float32, with a graph)."""
+    rows, targets, _ = target_rows(model, data, idx, pad_id, padding_side, device)
+    return chunked_nll(model, rows, targets)
 
 
 @torch.no_grad()
 def nll_sums(
-    model: nn.Module, data: LMEncoded, batch_size: int, pad_id: int, padding_side: str, device, rt: Any = None
+    model: nn.Module,
+    data: LMEncoded,
+    batch_size: int,
+    pad_id: int,
+    padding_side: str,
+    device,
+    rt: Any = None,
+    records: list | None = None,
 ) -> tuple[float, int]:
     """(summed NLL, target tokens) of a split, in longest-first batches; with a multi-process runtime each rank
     takes every world-th batch and the sums are added up (where parameters are sharded every forward is a
-    collective, so all ranks run as many, the extra ones on a stand-in batch, not counted)."""
+    collective, so all ranks run as many, the extra ones on a stand-in batch, not counted). `records`: also
+    each example's summed NLL and target tokens (this process's examples)."""
     every = sorted_batches(data.lengths, batch_size)
     mine, calls = every, len(every)
     if rt is not None and rt.distributed:
@@ -141,18 +166,33 @@ def nll_sums(
         calls = -(-len(every) // rt.world) if rt.sharded else len(mine)
     total, tokens = 0.0, 0
     for k, idx in enumerate(mine + every[:1] * (calls - len(mine))):
-        loss = batch_loss(model, data, idx, pad_id, padding_side, device)
+        rows, targets, segments = target_rows(model, data, idx, pad_id, padding_side, device)
+        loss = chunked_nll(model, rows, targets)  # the split's sum as training computes it
         if k < len(mine):
             total, tokens = total + loss.item(), tokens + LanguageModelling.units(data, idx)
+            if records is not None:
+                each = sequence_nll(model, rows, targets, segments, len(idx)).tolist()
+                records.extend(
+                    {"index": i, "key": example_key(data.input_ids[i]), "nll": nll, "tokens": data.targets[i]}
+                    for i, nll in zip(idx, each, strict=True)
+                )
     if rt is not None and rt.distributed:
         total, tokens = rt.sum(total), int(round(rt.sum(float(tokens))))
     return total, tokens
 
 
 def generation_matches(
-    model: nn.Module, data: LMEncoded, task, tokenizer, batch_size: int, max_new_tokens: int, rt: Any = None
+    model: nn.Module,
+    data: LMEncoded,
+    task,
+    tokenizer,
+    batch_size: int,
+    max_new_tokens: int,
+    rt: Any = None,
+    records: list | None = None,
 ) -> int:
-    """How many greedy generations from the examples' prompts match their references (all processes)."""
+    """How many greedy generations from the examples' prompts match their references (all processes);
+    `records`: also whether each of this process's examples matched."""
     if tokenizer is None:
         raise SpartaError("scoring generations needs the tokenizer")
     if rt is not None and rt.sharded:
@@ -170,9 +210,12 @@ def generation_matches(
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
     )
-    hits = sum(
+    matched = [
         bool(exact_match(task, text, data.references[i])) for text, i in zip(texts, share, strict=True)
-    )
+    ]
+    if records is not None:
+        records.extend({"index": i, "exact_match": hit} for i, hit in zip(share, matched, strict=True))
+    hits = sum(matched)
     return int(round(rt.sum(float(hits)))) if rt is not None and rt.distributed else hits
 
 
@@ -196,19 +239,29 @@ def evaluate(
     generate: bool = False,
     tokenizer: Any = None,
     max_new_tokens: int = 256,
+    records: list | None = None,
 ):
-    """{"loss": mean NLL per target token} on one split, and "exact_match" of greedy generations if `generate`."""
+    """{"loss": mean NLL per target token} on one split, and "exact_match" of greedy generations if `generate`;
+    `records`: each example's nll, tokens (and exact_match), in split order (`sparta.objectives.examples`)."""
     was_training = model.training
     model.eval()
+    scored: list | None = [] if records is not None else None
+    matched: list | None = [] if records is not None and generate else None
     try:
-        nll, tokens = nll_sums(model, data, batch_size, pad_id, padding_side, device, rt)
+        nll, tokens = nll_sums(model, data, batch_size, pad_id, padding_side, device, rt, scored)
         matches = (
-            generation_matches(model, data, task, tokenizer, batch_size, max_new_tokens, rt)
+            generation_matches(model, data, task, tokenizer, batch_size, max_new_tokens, rt, matched)
             if generate
             else None
         )
     finally:
         model.train(was_training)
+    if records is not None:
+        rows = gathered(scored, rt)
+        if matched is not None:
+            for row, hit in zip(rows, gathered(matched, rt), strict=True):
+                row["exact_match"] = hit["exact_match"]
+        records.extend(rows)
     return metrics(task, nll, tokens, matches, len(data))
 
 

@@ -49,6 +49,7 @@ from torch import nn
 from sparta.errors import SpartaError
 from sparta.objectives.base import Objective, Rate
 from sparta.objectives.batching import collate, sorted_batches
+from sparta.objectives.examples import example_key, gathered
 from sparta.objectives.lm_head import forward_hidden, sequence_nll
 
 logger = logging.getLogger(__name__)
@@ -240,7 +241,14 @@ SUMS = ("loss", "correct", "margin", "chosen", "rejected", "prefer", "kl", "kl_t
 
 @torch.no_grad()
 def _sums(
-    model: nn.Module, data: PairEncoded, batch_size: int, pad_id: int, padding_side: str, device, rt: Any
+    model: nn.Module,
+    data: PairEncoded,
+    batch_size: int,
+    pad_id: int,
+    padding_side: str,
+    device,
+    rt: Any,
+    records: list | None = None,
 ):
     every = sorted_batches(data.lengths, batch_size)
     mine, calls = every, len(every)
@@ -248,6 +256,7 @@ def _sums(
         mine = every[rt.rank :: rt.world]
         calls = -(-len(every) // rt.world) if rt.sharded else len(mine)
     totals = dict.fromkeys(SUMS, 0.0)
+    with_reference = data.reference is not None or data.reference_logps is not None
     for k, idx in enumerate(mine + every[:1] * (calls - len(mine))):
         ref = reference_logps(data, idx, pad_id, padding_side, device)
         policy, tokens = sequence_logps(model, data, idx, pad_id, padding_side, device)
@@ -255,10 +264,11 @@ def _sums(
         losses, chosen, rejected = dpo_losses(policy, ref, tokens, data.settings)
         if k >= len(mine):
             continue
+        margin = chosen - rejected
         step = {
             "loss": losses.sum(),
             "correct": (chosen > rejected).sum(),
-            "margin": (chosen - rejected).sum(),
+            "margin": margin.sum(),
             "chosen": policy[:, 0].sum(),
             "rejected": policy[:, 1].sum(),
             "prefer": (policy[:, 0] > policy[:, 1]).sum(),
@@ -267,6 +277,18 @@ def _sums(
         }
         for key, value in step.items():
             totals[key] += float(value)
+        if records is not None:
+            for row, i in enumerate(idx):
+                record = {
+                    "index": i,
+                    "key": example_key(data.chosen_ids[i], data.rejected_ids[i]),
+                    "prefer": bool(policy[row, 0] > policy[row, 1]),
+                    "chosen_logps": float(policy[row, 0]),
+                    "rejected_logps": float(policy[row, 1]),
+                }
+                if with_reference:  # the implicit rewards' verdict and margin
+                    record |= {"correct": bool(chosen[row] > rejected[row]), "margin": float(margin[row])}
+                records.append(record)
     if rt is not None and rt.distributed:
         totals = {k: rt.sum(v) for k, v in totals.items()}
     return totals
@@ -314,13 +336,19 @@ def evaluate(
     generate: bool = False,
     tokenizer: Any = None,
     max_new_tokens: int = 256,
+    records: list | None = None,
 ):
-    """The metrics of one split (module docstring); `generate`: also the mean greedy generation length."""
+    """The metrics of one split (module docstring); `generate`: also the mean greedy generation length;
+    `records`: each pair's log-probs and `prefer`, and with a reference its `correct` and `margin`, in split
+    order (`sparta.objectives.examples`)."""
     with_reference = data.reference is not None or data.reference_logps is not None
+    mine: list | None = [] if records is not None else None
     with _evaluating(model):
         out = metrics(
-            _sums(model, data, batch_size, pad_id, padding_side, device, rt), len(data), with_reference
+            _sums(model, data, batch_size, pad_id, padding_side, device, rt, mine), len(data), with_reference
         )
+        if records is not None:
+            records.extend(gathered(mine, rt))
         if generate and len(data):
             if rt is not None and rt.sharded:
                 raise SpartaError("generation is not supported while FSDP or ZeRO-3 shard the parameters")

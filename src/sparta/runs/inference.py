@@ -59,9 +59,11 @@ def evaluate(
     *,
     generate: bool | None = None,
     max_new_tokens: int = 256,
+    records: list | None = None,
 ) -> dict[str, float]:
     """The loss and the task's metrics of one task (the only one, unless named) on one split. A causal LM also
-    generates when `generate` (None: when its task scores generations, e.g. GSM8K's exact match)."""
+    generates when `generate` (None: when its task scores generations, e.g. GSM8K's exact match). `records`:
+    filled with each example's scores (`sparta.objectives.examples`)."""
     head = loaded.head(task)
     if not head.known_data:
         raise SpartaError(
@@ -75,19 +77,27 @@ def evaluate(
     if not splits[split]:
         raise SpartaError(f"task {head.spec.name} has no {split} examples")
     if loaded.causal_lm:
-        return _evaluate_causal(loaded, head, splits[split], batch_size, generate, max_new_tokens)
-    return evaluate_encoded(loaded, head.name, encode(loaded, head.name, splits[split]), batch_size)
+        return _evaluate_causal(loaded, head, splits[split], batch_size, generate, max_new_tokens, records)
+    return evaluate_encoded(loaded, head.name, encode(loaded, head.name, splits[split]), batch_size, records)
 
 
-def evaluate_encoded(loaded: Loaded, task: str, data, batch_size: int = 32) -> dict[str, float]:
+def evaluate_encoded(
+    loaded: Loaded, task: str, data, batch_size: int = 32, records: list | None = None
+) -> dict[str, float]:
     """A classifier task's loss and metrics on inputs already encoded by `encode` (what `evaluate` ends with; a
     caller evaluating many versions of one model on the same examples encodes them once)."""
     logits = scores(loaded, data, [task], batch_size)[task]
-    return loaded.objective.metrics(loaded.head(task).spec, logits, data.labels)
+    return loaded.objective.metrics(loaded.head(task).spec, logits, data.labels, records, data)
 
 
 def _evaluate_causal(
-    loaded: Loaded, head, examples: list[dict], batch_size: int, generate: bool | None, max_new_tokens: int
+    loaded: Loaded,
+    head,
+    examples: list[dict],
+    batch_size: int,
+    generate: bool | None,
+    max_new_tokens: int,
+    records: list | None = None,
 ) -> dict[str, float]:
     """A causal LM's objective (language modelling, preference pairs) on examples encoded as its run encoded
     them (the objective's options from run.json); a preference run is measured against its own reference."""
@@ -115,6 +125,7 @@ def _evaluate_causal(
             generate=generate,
             tokenizer=loaded.tokenizer,
             max_new_tokens=max_new_tokens,
+            records=records,
         )
 
 

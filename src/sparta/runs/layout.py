@@ -2,7 +2,8 @@
 
 A **training run** (`sparta train --output DIR`) holds ``run.json`` (how to rebuild the model: method, base
 model, task arguments, prompt settings), ``results.json`` (config, metrics, timings; written last, so its
-presence means the run finished), ``log.csv``, ``tb/``, ``tokenizer/`` and either ``adapter/`` (sparta, lora,
+presence means the run finished), ``log.csv``, ``tb/``, ``tokenizer/``, ``examples/`` (each test example's
+scores, for paired comparisons: `sparta compare`) and either ``adapter/`` (sparta, lora,
 dora, head) or ``model/`` (full fine-tuning: a whole transformers model), plus ``checkpoint-STEP/`` folders while
 it runs. A **merged model** (`sparta merge`) is a transformers checkpoint of the base causal LM with the merged
 weights, its tokenizer, ``heads/<task>.safetensors`` and ``merged.json`` (and ``tuning.csv`` when its weights were
@@ -29,10 +30,11 @@ TB_DIR = "tb"
 TOKENIZER_DIR = "tokenizer"
 ADAPTER_DIR = "adapter"  # sparta, lora, dora, head: what the method saves on top of the base model
 MODEL_DIR = "model"  # full fine-tuning: a complete save_pretrained of the model
+EXAMPLES_DIR = "examples"  # per-example scores: test.jsonl (final), zero-shot.test.jsonl (before training)
 CHECKPOINT_PREFIX = "checkpoint-"
 RUN_FORMAT = 1
 # Everything a training run writes; --overwrite clears these (and nothing else) first.
-RUN_OUTPUTS = (RESULTS_FILE, RUN_FILE, LOG_FILE, TB_DIR, TOKENIZER_DIR, ADAPTER_DIR, MODEL_DIR)
+RUN_OUTPUTS = (RESULTS_FILE, RUN_FILE, LOG_FILE, TB_DIR, TOKENIZER_DIR, ADAPTER_DIR, MODEL_DIR, EXAMPLES_DIR)
 
 MERGED_FILE = "merged.json"
 HEADS_DIR = "heads"
@@ -110,3 +112,8 @@ def prepare_dir(output: str | Path, overwrite: bool, marker: str) -> Path:
         shutil.rmtree(output)
     output.mkdir(parents=True, exist_ok=True)
     return output
+
+
+def examples_file(run: str | Path, name: str = "test") -> Path:
+    """A run's per-example scores: "test" (the final test evaluation) or "zero-shot.test" (before training)."""
+    return Path(run) / EXAMPLES_DIR / f"{name}.jsonl"

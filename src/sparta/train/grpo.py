@@ -58,7 +58,7 @@ from sparta.train.loop import (
     state_digest,
     write_checkpoint,
 )
-from sparta.train.outputs import run_info, write_outputs
+from sparta.train.outputs import run_info, write_examples, write_outputs
 from sparta.train.rates import resolve_lr
 from sparta.train.schedule import Schedule
 from sparta.train.setup import Setup, apply_method, choose_precision, choose_task, open_run, set_up
@@ -331,8 +331,11 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
                 f"{len(s.enc['train'])} training prompts"
             )
 
-        def run_eval(split: str, model: nn.Module) -> dict:  # noqa: E306
+        def run_eval(split: str, model: nn.Module, records: list | None = None) -> dict:  # noqa: E306
+            """`records`: filled with the split's per-prompt scores."""
             options = s.objective.eval_options(cfg, s.task, s.tokenizer, True)
+            if records is not None:
+                options["records"] = records
             with autocast(s.precision, s.device):
                 return s.objective.evaluate(
                     model,
@@ -348,7 +351,14 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
 
         zero_shot = ckpt.state["zero_shot"] if ckpt is not None else None
         if ckpt is None and cfg.zero_shot:
-            zero_shot = {split: run_eval(split, s.model) for split in ("dev", "test") if len(s.enc[split])}
+            zero_shot_examples: list = []
+            zero_shot = {
+                split: run_eval(split, s.model, zero_shot_examples if split == "test" else None)
+                for split in ("dev", "test")
+                if len(s.enc[split])
+            }
+            if rt.is_main and zero_shot_examples:
+                write_examples(output, "zero-shot.test", zero_shot_examples)
             for split, m in zero_shot.items():
                 logger.info(f"zero-shot {split}: {_fmt(m)}")
         net = apply_method(cfg, s, rt)
@@ -368,10 +378,17 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
             raise SpartaError(
                 "the processes ended with different weights; the distributed run is inconsistent"
             )
-        metrics = {split: run_eval(split, net) for split in ("dev", "test") if len(s.enc[split])}
+        test_examples: list = []
+        metrics = {
+            split: run_eval(split, net, test_examples if split == "test" else None)
+            for split in ("dev", "test")
+            if len(s.enc[split])
+        }
         for split, m in metrics.items():
             logger.info(f"{split}: {_fmt(m)}")
         adapter_path = write_outputs(output, net, cfg, s, rt, run_info(cfg, s))
+        if rt.is_main and test_examples:
+            write_examples(output, "test", test_examples)
         results = results_document(cfg, s, net, opt, metrics, zero_shot, ckpt, adapter_path, rt, sync)
         if rt.is_main:
             write_json(output / RESULTS_FILE, results)

@@ -44,7 +44,7 @@ from sparta.train import checkpoint as C
 from sparta.train.config import TrainConfig
 from sparta.train.distributed import Runtime, launched_distributed
 from sparta.train.logs import RunLogger
-from sparta.train.outputs import results_document, run_info, write_outputs
+from sparta.train.outputs import results_document, run_info, write_examples, write_outputs
 from sparta.train.rates import resolve_lr
 from sparta.train.schedule import Schedule
 from sparta.train.setup import Setup, apply_method, choose_precision, choose_task, open_run, set_up
@@ -319,9 +319,10 @@ def state_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def final_metrics(cfg, net, opt: Optimisation, s: Setup, run_eval) -> tuple[dict, bool]:
+def final_metrics(cfg, net, opt: Optimisation, s: Setup, run_eval, examples: list) -> tuple[dict, bool]:
     """Restore the best trainable state (lowest dev loss) and take the final dev and test metrics (dev is taken
-    again where the final metrics hold more than the dev evaluations during training: generations)."""
+    again where the final metrics hold more than the dev evaluations during training: generations); the test
+    split's per-example scores go into `examples`."""
     stopper, step = opt.stopper, opt.progress.step
     restored = cfg.restore_best and stopper.best_state is not None and stopper.best_step != step
     if restored:
@@ -337,7 +338,7 @@ def final_metrics(cfg, net, opt: Optimisation, s: Setup, run_eval) -> tuple[dict
         if final != during:
             metrics["dev"] = run_eval("dev", final=True)
     if len(s.enc["test"]):
-        metrics["test"] = run_eval("test", final=True)
+        metrics["test"] = run_eval("test", final=True, records=examples)
     for split, m in metrics.items():
         logger.info(f"{split}: {_fmt(m)}")
     return metrics, restored
@@ -365,10 +366,15 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
         output, ckpt = open_run(cfg, rt)
         s = set_up(cfg, rt, chosen, precision)
 
-        def run_eval(split: str, model: nn.Module | None = None, final: bool = False) -> dict:  # noqa: E306
-            """`final`: the zero-shot or final metrics, which may hold more than the loss (the objective's)."""
+        def run_eval(  # noqa: E306
+            split: str, model: nn.Module | None = None, final: bool = False, records: list | None = None
+        ) -> dict:
+            """`final`: the zero-shot or final metrics, which may hold more than the loss (the objective's);
+            `records`: filled with the split's per-example scores."""
             eval_bs = cfg.eval_batch_size or 2 * cfg.batch_size
             options = s.objective.eval_options(cfg, s.task, s.tokenizer, final)
+            if records is not None:
+                options["records"] = records
             data, pad_id = s.enc[split], s.tokenizer.pad_token_id
             with autocast(s.precision, s.device):
                 return s.objective.evaluate(
@@ -377,9 +383,16 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
 
         zero_shot = ckpt.state["zero_shot"] if ckpt is not None else None
         if ckpt is None and cfg.zero_shot:
+            zero_shot_examples: list = []
             zero_shot = {
-                split: run_eval(split, s.model, final=True) for split in ("dev", "test") if len(s.enc[split])
+                split: run_eval(
+                    split, s.model, final=True, records=zero_shot_examples if split == "test" else None
+                )
+                for split in ("dev", "test")
+                if len(s.enc[split])
             }
+            if rt.is_main and zero_shot_examples:
+                write_examples(output, "zero-shot.test", zero_shot_examples)
             for split, m in zero_shot.items():
                 logger.info(f"zero-shot {split}: {_fmt(m)}")
         net = apply_method(
@@ -411,8 +424,11 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
             raise SpartaError(
                 "the processes ended with different weights; the distributed run is inconsistent"
             )
-        metrics, restored = final_metrics(cfg, net, opt, s, run_eval)
+        test_examples: list = []
+        metrics, restored = final_metrics(cfg, net, opt, s, run_eval, test_examples)
         adapter_path = write_outputs(output, net, cfg, s, rt, run_info(cfg, s))
+        if rt.is_main and test_examples:
+            write_examples(output, "test", test_examples)
         results = results_document(
             cfg, s, net, opt, metrics, zero_shot, restored, stopped_early, ckpt, adapter_path, rt
         )

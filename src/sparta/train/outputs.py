@@ -12,9 +12,9 @@ import transformers
 from torch import nn
 
 import sparta
-from sparta.fileio import atomic_dir, write_json
+from sparta.fileio import atomic_dir, write_json, write_jsonl
 from sparta.methods import count_parameters, dir_bytes
-from sparta.runs.layout import ADAPTER_DIR, MODEL_DIR, RUN_FILE, RUN_FORMAT, TOKENIZER_DIR
+from sparta.runs.layout import ADAPTER_DIR, MODEL_DIR, RUN_FILE, RUN_FORMAT, TOKENIZER_DIR, examples_file
 from sparta.train.config import TrainConfig
 from sparta.train.distributed import Runtime
 from sparta.train.logs import peak_memory_mb
@@ -44,6 +44,13 @@ def run_info(cfg: TrainConfig, s: Setup) -> dict[str, Any]:
         "init_from": str(Path(cfg.init_from).resolve()) if cfg.init_from else None,
         **s.objective.run_settings(cfg, s.heads),  # e.g. language modelling: loss_on, lm_head, lm_head_untied
     }
+
+
+def write_examples(output: Path, name: str, records: list[dict[str, Any]]) -> None:
+    """examples/NAME.jsonl: one line of scores per evaluated example (`sparta.objectives.examples`)."""
+    path = examples_file(output, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl(path, records)
 
 
 def write_outputs(output: Path, net: nn.Module, cfg: TrainConfig, s: Setup, rt: Runtime, info: dict) -> Path:
