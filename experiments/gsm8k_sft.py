@@ -20,21 +20,21 @@ A finished cell (results.json) is skipped; a half-finished one continues from it
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
+import shlex
 from pathlib import Path
 
-LADDER = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
+from ladder import check_precision, choose_rate, lr_name, run, sparta, train
+
 START = {"sparta": [1e-3, 3e-3, 1e-2], "lora": [3e-4, 1e-3, 3e-3], "full": [1e-5, 3e-5, 1e-4]}
 METHOD_FLAGS = {
     "sparta": ["--method", "sparta", "--targets", "v_proj,o_proj", "--density", "0.0347"],
     "lora": ["--method", "lora", "--lora-r", "8", "--lora-alpha", "16", "--lora-dropout", "0.1"],
     "full": ["--method", "full"],
 }
-COMMON = ["--task", "gsm8k", "--epochs", "1", "--batch-size", "8", "--warmup-ratio", "0.1", "--no-progress",
-          "--no-zero-shot", "--eval-generate", "false", "--save-every", "25"]  # fmt: skip
+COMMON = shlex.split(
+    "--task gsm8k --epochs 1 --batch-size 8 --warmup-ratio 0.1 --no-progress --no-zero-shot "
+    "--eval-generate false --save-every 25"
+)
 PROBE = ["--max-train-samples", "200", "--max-eval-samples", "200"]
 MAIN = ["--max-train-samples", "1000"]
 # (method, seed) cells of each queue, seed 0 of every method first; seed s also draws the 1,000 training
@@ -42,61 +42,23 @@ MAIN = ["--max-train-samples", "1000"]
 QUEUES = {"a": [("sparta", 0), ("full", 0), ("sparta", 1)], "b": [("lora", 0), ("lora", 1)]}
 
 
-def sparta(*args: str) -> list[str]:
-    return [sys.executable, "-m", "sparta", *args]
+def probe(method: str, out: Path, precision: list[str]):  # noqa: ANN201
+    """The dev NLL of one rate probe of `method` (a cell under OUT/probe/)."""
 
+    def dev_loss(lr: float) -> float:
+        cell = out / "probe" / f"{method}-lr{lr_name(lr)}"
+        flags = [*COMMON, *PROBE, *METHOD_FLAGS[method], "--lr", str(lr), *precision]
+        return train(cell, flags)["metrics"]["dev"]["loss"]
 
-def run(cmd: list[str], log: Path) -> None:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a") as out:
-        out.write("$ " + " ".join(cmd[2:]) + "\n")
-        out.flush()
-        code = subprocess.call(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}
-        )
-    if code != 0:
-        raise SystemExit(f"{' '.join(cmd[2:])} failed with exit code {code}; see {log}")
-
-
-def train(directory: Path, flags: list[str]) -> dict:
-    """One training cell; resumed from its newest checkpoint when one exists."""
-    results = directory / "results.json"
-    if not results.is_file():
-        resume = ["--resume"] if any(directory.glob("checkpoint-*")) else []
-        run(sparta("train", *flags, "--output", str(directory), *resume), directory.with_suffix(".log"))
-    return json.loads(results.read_text())
-
-
-def lr_name(lr: float) -> str:
-    return f"{lr:.0e}".replace("e-0", "e-")
-
-
-def choose_rate(method: str, out: Path, precision: list[str]) -> float:
-    """Probe the start rates, extend the bracket while the best is at an end; the rate of lowest dev NLL."""
-    dev: dict[float, float] = {}
-    rates = list(START[method])
-    for _ in range(len(rates) + 2):
-        for lr in rates:
-            if lr not in dev:
-                cell = out / "probe" / f"{method}-lr{lr_name(lr)}"
-                flags = [*COMMON, *PROBE, *METHOD_FLAGS[method], "--lr", str(lr), *precision]
-                dev[lr] = train(cell, flags)["metrics"]["dev"]["loss"]
-        best = min(dev, key=dev.get)
-        i = LADDER.index(best)
-        below, above = LADDER[i - 1] if i else None, LADDER[i + 1] if i + 1 < len(LADDER) else None
-        missing = [r for r in (below, above) if r is not None and r not in dev]
-        if not missing or len(dev) >= len(START[method]) + 2:
-            return best
-        rates.extend(missing)
-    return min(dev, key=dev.get)
+    return dev_loss
 
 
 def exact_match(run_dir: Path, precision: list[str]) -> None:
     """Exact match of greedy generations on the fixed 250-problem test subset, into RUN/em250/."""
     target = run_dir / "em250"
     if not (target / "results.json").is_file():
-        run(sparta("eval", str(run_dir), "--task", "gsm8k", "--split", "test", "--max-eval-samples", "250",
-                   "--generate", "--output", str(target), "--overwrite", *precision), run_dir / "em250.log")  # fmt: skip
+        flags = shlex.split("--task gsm8k --split test --max-eval-samples 250 --generate --overwrite")
+        run(sparta("eval", str(run_dir), *flags, "--output", str(target), *precision), run_dir / "em250.log")
 
 
 def zero_shot(out: Path, precision: list[str]) -> None:
@@ -110,25 +72,6 @@ def zero_shot(out: Path, precision: list[str]) -> None:
             )
 
 
-def check_precision(out: Path, asked: str) -> None:
-    """Every cell of the table in one precision: stop before training when this machine would compute another
-    (bf16-mixed falls back to fp32 on a CPU without bf16 instructions) or a finished cell recorded another."""
-    from sparta.models import pick_device
-    from sparta.precision import normalise, resolve
-
-    wanted = normalise(asked)
-    chosen = resolve(wanted, pick_device(None, None)[0])
-    if chosen.name != wanted:
-        raise SystemExit(
-            f"this grid computes every cell in {wanted}, but this machine would not ({chosen.reason}); continue "
-            f"it on a machine that computes {wanted}, or start a new output directory with --precision {chosen.name}"
-        )
-    for results in sorted(out.rglob("results.json")):
-        recorded = (json.loads(results.read_text()).get("precision") or {}).get("name", "fp32")
-        if recorded != wanted:
-            raise SystemExit(f"{results} was computed in {recorded}, not {wanted}: one precision per table")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("queue", choices=sorted(QUEUES))
@@ -140,7 +83,7 @@ def main() -> None:
     chosen: dict[str, float] = {}
     for method, _ in QUEUES[args.queue]:
         if method not in chosen:
-            chosen[method] = choose_rate(method, args.out, precision)
+            chosen[method] = choose_rate(START[method], probe(method, args.out, precision))
             print(f"{method}: chosen lr {chosen[method]:g}", flush=True)
     if args.queue == "b":
         zero_shot(args.out, precision)

@@ -1,0 +1,118 @@
+"""The preference-optimisation grid (docs/RESULTS.md, "Preference optimisation on hh-harmless"), one queue at a time.
+
+    PYTHONPATH=<pinned worktree>/src python experiments/dpo_hh.py QUEUE OUT [--precision fp32]
+
+SmolLM2-135M-Instruct, DPO (sigmoid loss, beta 0.1) on hh-harmless (the fixed 1,812 / 250 / 250 carve, pairs of
+at most 512 tokens), every cell in one precision:
+  * rate probes: 200 training pairs, 1 epoch (25 steps of 8), dev DPO loss on the first 100 dev pairs of a fixed
+    sample; each method starts from three rates of the ladder (experiments/ladder.py) and, while its lowest dev
+    loss sits at an end, probes the next rate beyond it (at most two more), so that the chosen rate has a worse
+    neighbour on each side;
+  * trained cells at each method's chosen rate, seed 0: 600 training pairs, 1 epoch (75 steps of 8), dev loss
+    on all 250 dev pairs every 25 steps (the best state restored), test on all 250 test pairs: preference
+    accuracy, reward margin, KL estimate, greedy generation length on the first 20 test prompts, and each pair's
+    scores in examples/test.jsonl (for `sparta compare`); the SpaRTA cell also scores the untrained model first
+    (its log-prob preference: results.json zero_shot, examples/zero-shot.test.jsonl);
+  * SFT then DPO: SpaRTA SFT on the chosen replies of the same 600 training pairs (1 epoch, lr 1e-2, the rate
+    measured for SpaRTA SFT on GSM8K with this model), then SpaRTA DPO `--init-from` it at SpaRTA's chosen rate.
+SpaRTA on v_proj,o_proj at LoRA r=8 (q,v)'s budget (density 3.47%), LoRA r=8 alpha 16 on q,v, full fine-tuning
+with a frozen copy as its reference; no dropout (a dropped-out policy would be compared with a reference that is
+not, as TRL's DPO default also avoids). Queue "a" runs SpaRTA and SFT-then-DPO, queue "b" LoRA and full
+fine-tuning: two one-thread jobs. A finished cell (results.json) is skipped; a half-finished one continues from
+its newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+from pathlib import Path
+
+from ladder import check_precision, choose_rate, lr_name, train
+
+START = {"sparta": [3e-4, 1e-3, 3e-3], "lora": [1e-4, 3e-4, 1e-3], "full": [3e-6, 1e-5, 3e-5]}
+METHOD_FLAGS = {
+    "sparta": shlex.split("--method sparta --targets v_proj,o_proj --density 0.0347"),
+    "lora": shlex.split("--method lora --lora-r 8 --lora-alpha 16 --lora-dropout 0"),
+    "full": ["--method", "full"],
+}
+COMMON = shlex.split(
+    "--task hh-harmless --beta 0.1 --dpo-loss sigmoid --epochs 1 --batch-size 8 --warmup-ratio 0.1 "
+    "--dropout 0 --no-progress --save-every 25 --seed 0"
+)
+PROBE = shlex.split("--max-train-samples 200 --max-eval-samples 100 --no-zero-shot --eval-generate false")
+MAIN = shlex.split("--max-train-samples 600 --eval-every 25")
+SFT_LR = 1e-2
+QUEUES = {"a": ["sparta", "sft-then-dpo"], "b": ["lora", "full"]}
+
+
+def probe(method: str, out: Path, precision: list[str]):  # noqa: ANN201
+    """The dev DPO loss of one rate probe of `method` (a cell under OUT/probe/)."""
+
+    def dev_loss(lr: float) -> float:
+        cell = out / "probe" / f"{method}-lr{lr_name(lr)}"
+        flags = [*COMMON, *PROBE, *METHOD_FLAGS[method], "--lr", str(lr), *precision]
+        return train(cell, flags)["metrics"]["dev"]["loss"]
+
+    return dev_loss
+
+
+def chosen_replies(out: Path) -> dict[str, Path]:
+    """The SFT data of SFT-then-DPO: each training pair's prompt and chosen reply as chat messages (the same 600
+    pairs the DPO cells train on: the same seed and sample size), and the dev pairs' for the dev NLL."""
+    from sparta.tasks import get_task, load_splits
+    from sparta.tasks.preference import pair_of
+
+    splits = load_splits(get_task("hh-harmless"), seed=0, max_train_samples=600)
+    files = {}
+    for split in ("train", "dev"):
+        rows = []
+        for row in splits[split]:
+            pair, _ = pair_of(row)
+            if pair is not None:
+                rows.append({"messages": [*pair.messages, {"role": "assistant", "content": pair.chosen}]})
+        files[split] = out / "sft-data" / f"{split}.jsonl"
+        files[split].parent.mkdir(parents=True, exist_ok=True)
+        files[split].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return files
+
+
+def sft_then_dpo(out: Path, dpo_lr: float, precision: list[str]) -> None:
+    data = chosen_replies(out)
+    sft = out / "main" / "sparta-sft"
+    sft_flags = shlex.split(
+        f"--task custom --train-file {data['train']} --dev-file {data['dev']} --epochs 1 --batch-size 8 "
+        f"--warmup-ratio 0.1 --dropout 0 --no-progress --no-zero-shot --eval-generate false --save-every 25 "
+        f"--seed 0 --max-length 512 --lr {SFT_LR}"
+    )
+    train(sft, [*sft_flags, *METHOD_FLAGS["sparta"], *precision])
+    dpo = [*COMMON, *MAIN, *METHOD_FLAGS["sparta"], "--lr", str(dpo_lr), "--init-from", str(sft)]
+    train(out / "main" / "sparta-sft-dpo", [*dpo, "--no-zero-shot", *precision])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("queue", choices=sorted(QUEUES))
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--precision", default="fp32")
+    args = parser.parse_args()
+    check_precision(args.out, args.precision)
+    precision = ["--precision", args.precision]
+    chosen: dict[str, float] = {}
+    for method in ("sparta", "lora", "full"):
+        if method in QUEUES[args.queue] or (method == "sparta" and "sft-then-dpo" in QUEUES[args.queue]):
+            chosen[method] = choose_rate(START[method], probe(method, args.out, precision))
+            print(f"{method}: chosen lr {chosen[method]:g}", flush=True)
+    for cell in QUEUES[args.queue]:
+        if cell == "sft-then-dpo":
+            sft_then_dpo(args.out, chosen["sparta"], precision)
+        else:
+            zero_shot = [] if cell == "sparta" else ["--no-zero-shot"]  # the untrained model scored once
+            flags = [*COMMON, *MAIN, *METHOD_FLAGS[cell], "--lr", str(chosen[cell]), *zero_shot, *precision]
+            train(args.out / "main" / cell, flags)
+        print(f"{cell}: done", flush=True)
+
+
+if __name__ == "__main__":
+    main()
