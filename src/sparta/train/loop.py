@@ -40,7 +40,7 @@ from sparta.precision import autocast, grad_scaler
 from sparta.runs.layout import (
     RESULTS_FILE,
 )
-from sparta.train import checkpoint as C
+from sparta.train import checkpoint
 from sparta.train.config import TrainConfig
 from sparta.train.distributed import Runtime, launched_distributed
 from sparta.train.logs import RunLogger
@@ -101,7 +101,7 @@ def build_optimisation(cfg: TrainConfig, net: nn.Module, s: Setup, rt: Runtime, 
     if ckpt is None:
         stream = BatchStream(train_data.lengths, plan.global_batch, cfg.seed)
         return Optimisation(plan, optimizer, scheduler, stopper, stream, Progress(), scaler)
-    C.check_trainable(trainable_state(net), ckpt.trainable, ckpt.path)
+    checkpoint.check_trainable(trainable_state(net), ckpt.trainable, ckpt.path)
     load_trainable_state(net, ckpt.trainable)
     optimizer.load_state_dict(ckpt.optimizer)
     scheduler.load_state_dict(ckpt.scheduler)
@@ -158,7 +158,7 @@ def clip_gradients(model, params: list, max_norm: float | None, rt: Runtime) -> 
 def check_finite(step_loss: float, step: int, cfg: TrainConfig, output: Path) -> None:
     if math.isfinite(step_loss):
         return
-    saved = C.latest_checkpoint(output)
+    saved = checkpoint.latest_checkpoint(output)
     raise SpartaError(
         f"training loss is {step_loss} at step {step}: the run diverged; lower --lr (now {cfg.lr}) or check the "
         "data. " + (f"The last good checkpoint is {saved}." if saved else "No checkpoint was written.")
@@ -202,9 +202,9 @@ def write_checkpoint(
 ) -> None:
     """OUTPUT/checkpoint-STEP, written by rank 0: the trainable state, optimizer, schedule, every rank's random
     state, the config and a recipe's own `state` (its counters); then every rank waits for it."""
-    rng = rt.gather(C.rng_state())
+    rng = rt.gather(checkpoint.rng_state())
     if rt.is_main:
-        C.save_checkpoint(
+        checkpoint.save_checkpoint(
             output,
             step,
             trainable_state(net),
@@ -415,7 +415,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
         if s.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(s.device)
         if ckpt is not None:
-            C.set_rng_state(*ckpt.rng[rt.rank])
+            checkpoint.set_rng_state(*ckpt.rng[rt.rank])
         stopped_early = run_steps(
             cfg, s, prepared, optimizer, net, opt, run_eval, output, rt, zero_shot, on_step
         )
