@@ -372,7 +372,19 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
         if ckpt is not None:
             checkpoint.set_rng_state(*ckpt.rng[rt.rank])
         run_rollout_steps(
-            cfg, s, prepared, optimizer, net, opt, rewards, sync, run_eval, output, rt, zero_shot, on_step
+            cfg,
+            s,
+            prepared=prepared,
+            optimizer=optimizer,
+            net=net,
+            opt=opt,
+            rewards=rewards,
+            sync=sync,
+            run_eval=run_eval,
+            output=output,
+            rt=rt,
+            zero_shot=zero_shot,
+            on_step=on_step,
         )
         if rt.distributed and len(set(rt.gather(state_digest(net)))) != 1:
             raise SpartaError(
@@ -398,19 +410,20 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
 
 
 def run_rollout_steps(
-    cfg,
+    cfg: TrainConfig,
     s: Setup,
-    prepared,
-    optimizer,
-    net,
+    *,
+    prepared: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    net: nn.Module,
     opt: RLOptimisation,
-    rewards,
-    sync,
-    run_eval,
+    rewards: list[Reward],
+    sync: Any,
+    run_eval: Callable[..., dict],
     output: Path,
     rt: Runtime,
-    zero_shot,
-    on_step,
+    zero_shot: dict | None,
+    on_step: Callable[[int], None] | None,
 ) -> None:
     """Rollout steps until the plan's last: sample, score, optimise, log, evaluate, checkpoint."""
     plan, prog = opt.plan, opt.progress

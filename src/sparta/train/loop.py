@@ -220,12 +220,24 @@ def write_checkpoint(
 
 # -- the loop ------------------------------------------------------------------------------------------------------
 def run_steps(
-    cfg, s: Setup, prepared, optimizer, net, opt: Optimisation, run_eval, output, rt, zero_shot, on_step
+    cfg: TrainConfig,
+    s: Setup,
+    *,
+    prepared: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    net: nn.Module,
+    opt: Optimisation,
+    run_eval: Callable[..., dict],
+    output: Path,
+    rt: Runtime,
+    zero_shot: dict | None,
+    on_step: Callable[[int], None] | None,
 ) -> bool:
     """Optimizer steps until the plan's last step or early stopping; True when stopped early.
 
     `prepared` and `optimizer` are what the runtime made of the model and `opt.optimizer` (DDP wraps them);
-    `net` is the unwrapped model that evaluation, checkpoints and saving use.
+    `net` is the unwrapped model that evaluation, checkpoints and saving use; `zero_shot` (the metrics before
+    training, None when skipped) goes into every checkpoint; `on_step(step)` is called after every step.
     """
     train_data, plan, prog = s.enc["train"], opt.plan, opt.progress
     has_dev = len(s.enc["dev"]) > 0
@@ -417,7 +429,17 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
         if ckpt is not None:
             checkpoint.set_rng_state(*ckpt.rng[rt.rank])
         stopped_early = run_steps(
-            cfg, s, prepared, optimizer, net, opt, run_eval, output, rt, zero_shot, on_step
+            cfg,
+            s,
+            prepared=prepared,
+            optimizer=optimizer,
+            net=net,
+            opt=opt,
+            run_eval=run_eval,
+            output=output,
+            rt=rt,
+            zero_shot=zero_shot,
+            on_step=on_step,
         )
         # (sharded parameters are one copy by construction: nothing to compare)
         if rt.distributed and not rt.sharded and len(set(rt.gather(state_digest(net)))) != 1:
