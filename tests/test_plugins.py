@@ -180,9 +180,17 @@ def test_a_new_plug_in_s_options_join_the_config_and_one_option_declared_twice_i
     class Widgets:
         widgets: int = option(3, group="method", help="how many widgets the new method adds")
 
+        def validate(self) -> None:
+            if self.widgets < 0:
+                raise SpartaError("widgets must be >= 0")
+
     config = options.compose("Config", SharedConfig, (*PLUGIN_OPTIONS, Widgets), module=__name__, doc="")
     assert config(widgets=4).to_argv()[-2:] == ["--widgets", "4"]
     assert config.from_dict({"widgets": "5", "beta": 0.2}).widgets == 5
+    with pytest.raises(SpartaError, match="widgets must be"):
+        config(widgets=-1)
+    with pytest.raises(SpartaError, match="beta must be"):
+        config(beta=0)
 
     @dataclasses.dataclass
     class AnotherBeta:

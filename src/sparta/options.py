@@ -30,7 +30,7 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import MISSING, Field, dataclass
 from functools import cache
 from typing import Any, get_args, get_origin
@@ -266,10 +266,11 @@ def to_argv(obj: Any, always: tuple[str, ...] = ()) -> list[str]:
     return argv
 
 
-def compose(name: str, base: type, parts: Iterable[type], *, module: str, doc: str) -> type:
+def compose(name: str, base: type, parts: Sequence[type], *, module: str, doc: str) -> type:
     """A dataclass `name` with the fields of `base` followed by those of each of `parts` in order (the methods'
-    and objectives' options dataclasses), each once. Two parts share a field only by inheriting it from one
-    declaration (one place for each option); a field declared twice is a TypeError."""
+    and objectives' options dataclasses), each once, and `parts` as its `option_parts`. Two parts share a field
+    only by inheriting it from one declaration (one place for each option); a field declared twice is a
+    TypeError."""
     declared = {f.name: f for f in dataclasses.fields(base)}
     added: list[tuple[str, Any, Field]] = []
     for part in parts:
@@ -284,7 +285,8 @@ def compose(name: str, base: type, parts: Iterable[type], *, module: str, doc: s
                 default=f.default, default_factory=f.default_factory, metadata=f.metadata
             )
             added.append((f.name, hints[f.name], copy))
-    cls = dataclasses.make_dataclass(name, added, bases=(base,), namespace={"__doc__": doc})
+    namespace = {"__doc__": doc, "option_parts": tuple(parts)}
+    cls = dataclasses.make_dataclass(name, added, bases=(base,), namespace=namespace)
     cls.__module__ = module  # (where it is importable from: pickling and repr)
     return cls
 

@@ -19,7 +19,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -58,6 +58,8 @@ PLUGIN_OPTIONS = tuple(
 class SharedConfig:
     """The options of every run, whatever its method and objective, and what a config does (validation, YAML,
     flags); `TrainConfig` adds the plug-ins' options to them."""
+
+    option_parts: ClassVar[tuple[type, ...]] = ()  # the plug-ins' options dataclasses (`options.compose`)
 
     task: str = option("sst2", group="run", help="task name (sst2, cola, mrpc, rte, qnli, imdb, mmlu, ...)")
     method: str = option("sparta", group="run", choices=METHODS, help="adaptation method")
@@ -287,7 +289,7 @@ class SharedConfig:
         for ok, message in checks:
             if not ok:
                 raise SpartaError(message)
-        for part in PLUGIN_OPTIONS:
+        for part in self.option_parts:
             if hasattr(part, "validate"):
                 options.select(part, self).validate()
         method = get_method(self.method)
