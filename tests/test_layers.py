@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "sparta"
 # lowest first; packages on one line share a layer and may not import each other
 LAYERS = [
     ("errors",),
-    ("fileio", "console", "precision"),
+    ("fileio", "console", "precision", "options"),
     ("adapter",),
     ("models", "tasks"),
     ("objectives",),

@@ -1,25 +1,31 @@
 """The plug-in contracts: every registered method (`sparta.methods.METHODS`) with every registered objective
-(`sparta.objectives.OBJECTIVES`) has the hooks `Method` and `Objective` declare and trains a few steps through
+(`sparta.objectives.OBJECTIVES`) has the hooks `Method` and `Objective` declare, its own options (its `options`
+dataclass) are `TrainConfig` fields, flags and YAML keys that round-trip, and it trains a few steps through
 `sparta.train.train` on a tiny model, its saved run opening again through `Method.load`; a combination a
 plug-in's own `check` refuses is refused by the run too, with a SpartaError. This is the checklist of a new
 method or objective (docs/ARCHITECTURE.md)."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import random
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
 
+from sparta import options
 from sparta.errors import SpartaError
 from sparta.methods import METHODS, Method
 from sparta.objectives import OBJECTIVES, Objective
+from sparta.options import option
 from sparta.runs import open_model
 from sparta.train import TrainConfig, train
+from sparta.train.config import PLUGIN_OPTIONS, SharedConfig, add_train_arguments, config_from_args, load_yaml
 from tinylm import FILLER
 from tinysft import write_toy_sft_files
 
@@ -115,6 +121,83 @@ def test_a_plug_in_without_a_declared_hook_cannot_be_made():
         Halfway()
     with pytest.raises(TypeError, match="encode"):
         type("NoEncode", (Objective,), {"name": "no-encode"})()
+
+
+PLUG_INS = {
+    **{f"method {n}": m for n, m in METHODS.items()},
+    **{f"objective {n}": o for n, o in OBJECTIVES.items()},
+}
+
+
+def _parse(argv: list[str]) -> Any:
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    return config_from_args(parser.parse_args(argv))
+
+
+def _another_value(f: dataclasses.Field, kind: options.Kind) -> Any:
+    """A valid value of the option `f` other than its default."""
+    default = options.default_of(f)
+    if f.metadata.get("choices"):
+        return next(c for c in reversed(f.metadata["choices"]) if c != default)
+    if kind.base in ("bool", "bool|str"):
+        return not default
+    if kind.base == "int":
+        return (default or 1) + 1
+    if kind.base == "float":
+        return default / 2 if default else 0.25
+    if kind.base == "list":
+        return ["q_proj", "o_proj"]
+    return "other"
+
+
+@pytest.mark.parametrize("plug_in", list(PLUG_INS))
+def test_every_plug_in_s_options_are_flags_and_yaml_keys_that_round_trip(plug_in, tmp_path):
+    part = PLUG_INS[plug_in].options
+    if part is None:
+        pytest.skip(f"the {plug_in} has no options of its own")
+    assert dataclasses.is_dataclass(part) and callable(getattr(part, "validate", None))
+    gathered = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    flags = {a.dest for a in parser._actions}
+    kinds = options.kinds(part)
+    changed = {}
+    for f in dataclasses.fields(part):
+        mine = (f.metadata, options.default_of(f))
+        assert (gathered[f.name].metadata, options.default_of(gathered[f.name])) == mine, f.name
+        assert f.name in flags and len(f.metadata["help"]) > 10 and f.metadata["group"]
+        changed[f.name] = _another_value(f, kinds[f.name])
+    cfg = TrainConfig(**changed)
+    assert options.select(part, cfg) == part(**changed)  # what the plug-in reads of the run settings
+    assert _parse(cfg.to_argv()) == cfg  # through the flags
+    (tmp_path / "run.yaml").write_text(cfg.to_yaml())
+    assert TrainConfig.from_dict(load_yaml(tmp_path / "run.yaml")) == cfg  # through YAML
+
+
+def test_a_new_plug_in_s_options_join_the_config_and_one_option_declared_twice_is_refused():
+    @dataclasses.dataclass
+    class Widgets:
+        widgets: int = option(3, group="method", help="how many widgets the new method adds")
+
+        def validate(self) -> None:
+            if self.widgets < 0:
+                raise SpartaError("widgets must be >= 0")
+
+    config = options.compose("Config", SharedConfig, (*PLUGIN_OPTIONS, Widgets), module=__name__, doc="")
+    assert config(widgets=4).to_argv()[-2:] == ["--widgets", "4"]
+    assert config.from_dict({"widgets": "5", "beta": 0.2}).widgets == 5
+    with pytest.raises(SpartaError, match="widgets must be"):
+        config(widgets=-1)
+    with pytest.raises(SpartaError, match="beta must be"):
+        config(beta=0)
+
+    @dataclasses.dataclass
+    class AnotherBeta:
+        beta: float = option(0.5, group="optim", help="a second declaration of --beta")
+
+    with pytest.raises(TypeError, match="beta is declared twice"):
+        options.compose("Config", SharedConfig, (*PLUGIN_OPTIONS, AnotherBeta), module=__name__, doc="")
 
 
 @pytest.mark.parametrize("objective_name", list(OBJECTIVES))

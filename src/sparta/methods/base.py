@@ -6,7 +6,8 @@ A method object knows how to make a model trainable its way (`apply`), which of 
 `load`; these three are abstract: a method lacking one cannot be made), which objectives and settings it cannot
 train (`check`), and whether a run of it holds a whole model (`saves_model`) rather than an adapter on a base model. It
 takes the run's settings as one object with attributes (`sparta.train.config.TrainConfig`, or anything with the
-same field names), so this layer does not depend on the training package.
+same field names), so this layer does not depend on the training package. Its own options are a dataclass of
+`sparta.options.option` fields (`options`), which `TrainConfig` gathers into its flags and YAML keys.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,18 @@ from torch import nn
 from sparta.adapter.targets import LINEAR_TYPES, check_target_names
 from sparta.errors import SpartaError
 from sparta.objectives.base import Heads
+from sparta.options import option
+
+
+@dataclass
+class TargetOptions:
+    """The option of every method that adapts chosen modules of the model (sparta, lora, dora)."""
+
+    targets: list[str] | None = option(
+        None,
+        group="method",
+        help="comma-separated target modules (sparta: all-linear; lora/dora: q_proj,v_proj)",
+    )
 
 
 class Method(ABC):
@@ -39,6 +53,9 @@ class Method(ABC):
     uses_density = False  # its size is --density: the default rate and the reports depend on it
     # its adapter/ is a SpaRTA adapter: sparse deltas on a shared base, which merge and switch in place (serve)
     sparse_adapter = False
+    # the dataclass of its own options (`sparta.options.option` fields; `validate()` checks their values), which
+    # `sparta.train.config.TrainConfig` gathers: their flags, YAML keys and results.json "config" keys
+    options: type | None = None
 
     def check(self, cfg: Any, objective: Any) -> None:
         """Raise a SpartaError where this method cannot train `objective` with the run settings `cfg`."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +15,31 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 from sparta.errors import SpartaError
-from sparta.methods.base import Method, check_targets, heads_of, one_line, targets_of
+from sparta.methods.base import Method, TargetOptions, check_targets, heads_of, one_line, targets_of
 from sparta.objectives.base import Heads
+from sparta.options import option
+
+
+@dataclass
+class LoraOptions(TargetOptions):
+    """LoRA's and DoRA's options: the rank, scale and dropout of the low-rank update."""
+
+    lora_r: int = option(8, group="method", help="LoRA/DoRA rank")
+    lora_alpha: float = option(16.0, group="method", help="LoRA/DoRA alpha")
+    lora_dropout: float = option(0.1, group="method", help="LoRA/DoRA dropout")
+
+    def validate(self) -> None:
+        if not 0 <= self.lora_dropout < 1:
+            raise SpartaError("lora_dropout must be in [0, 1)")
+        if self.lora_r < 1:
+            raise SpartaError("lora_r must be >= 1")
 
 
 class Lora(Method):
     name = "lora"
     use_dora = False
     default_targets = ("q_proj", "v_proj")
+    options = LoraOptions
 
     def apply(self, model: nn.Module, cfg: Any, objective: Any, heads: Heads | None = None) -> nn.Module:
         heads = heads_of(model, cfg, objective, heads)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,37 @@ import torch
 from torch import nn
 
 from sparta.adapter import native
-from sparta.adapter.config import ALL_LINEAR, SpartaConfig
+from sparta.adapter.config import ALL_LINEAR, DTYPE_NAMES, INDEX_FORMATS, SpartaConfig, check_density
 from sparta.adapter.model import SpartaModel, get_sparta_model
-from sparta.methods.base import Method, heads_of, targets_of
+from sparta.methods.base import Method, TargetOptions, heads_of, targets_of
 from sparta.objectives.base import Heads
+from sparta.options import option
+
+
+@dataclass
+class SpartaOptions(TargetOptions):
+    """SpaRTA's options: how many of each target's weights train, where they are, how the adapter is saved."""
+
+    density: float = option(
+        0.005, group="method", help="SpaRTA: fraction of each targeted weight that is trainable"
+    )
+    index_seed: int | None = option(
+        None,
+        group="run",
+        help="seed of the SpaRTA index sampling when it should differ from --seed (e.g. adapters meant for merging)",
+    )
+    save_index_format: str = option(
+        "seed",
+        group="method",
+        choices=INDEX_FORMATS,
+        help="SpaRTA adapter index encoding (seed: regenerated from the seed, no index bytes)",
+    )
+    save_delta_dtype: str = option(
+        "float32", group="method", choices=DTYPE_NAMES, help="SpaRTA adapter delta/head precision on disk"
+    )
+
+    def validate(self) -> None:
+        check_density(self.density)
 
 
 class Sparta(Method):
@@ -28,6 +56,7 @@ class Sparta(Method):
     adapts_sparse_heads = True  # an extra SpaRTA target (--lm-head sparse)
     uses_density = True
     sparse_adapter = True
+    options = SpartaOptions
 
     def apply(self, model: nn.Module, cfg: Any, objective: Any, heads: Heads | None = None) -> nn.Module:
         heads = heads_of(model, cfg, objective, heads)

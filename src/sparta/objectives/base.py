@@ -8,7 +8,8 @@ An objective is asked instead of tested by name: which run settings apply to it 
 fully or sparsely besides the method's targets (`heads`), the extra arguments of its `encode` and `evaluate`
 (`encode_options`, `eval_options`), what run.json records of its settings (`run_settings`), and how the progress
 bar counts work (`work`, `work_unit`) and the log describes a split (`describe`), what to attach once the
-method is applied (`prepare`) and what results.json adds about the data (`data_report`).
+method is applied (`prepare`) and what results.json adds about the data (`data_report`). Its own options
+are a dataclass of `sparta.options.option` fields (`options`), declared in its module.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ class Objective(ABC):
     # default learning rates per method name, each method's highest min_density first (`sparta.train.rates`,
     # which documents the measurements behind them); a method missing here has no default (--lr is needed)
     rates: dict[str, tuple[Rate, ...]] = {}
+    # the dataclass of its own options (`sparta.options.option` fields; `validate()` checks their values), which
+    # `sparta.train.config.TrainConfig` gathers: their flags, YAML keys and results.json "config" keys
+    options: type | None = None
 
     @staticmethod
     @abstractmethod

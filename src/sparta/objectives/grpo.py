@@ -43,9 +43,64 @@ from sparta.errors import SpartaError
 from sparta.objectives.base import Heads, Objective, Rate
 from sparta.objectives.batching import collate
 from sparta.objectives.examples import example_key, gathered
+from sparta.objectives.language_modelling import CausalLMOptions, LanguageModelling
 from sparta.objectives.lm_head import forward_hidden, token_nll
+from sparta.options import option
 
 GRPO_LOSSES = ("grpo", "dr-grpo")
+
+
+@dataclass
+class GRPOOptions(CausalLMOptions):
+    """GRPO's options (the `rl` group of `sparta train --help`): the causal-LM ones, the group sampled per
+    prompt, the clipped loss and its KL term, the rewards."""
+
+    num_generations: int = option(
+        8, group="rl", help="completions sampled per prompt (the group whose rewards give the advantages)"
+    )
+    num_iterations: int = option(
+        1,
+        group="rl",
+        help="optimizer steps on each rollout batch (>1: PPO-style reuse with the clipped ratio)",
+    )
+    epsilon: float = option(0.2, group="rl", help="clipping range of the probability ratio")
+    kl_coef: float = option(
+        0.0,
+        group="rl",
+        help="weight of the per-token KL to the reference (the disabled adapter); 0: no KL term",
+    )
+    grpo_loss: str = option(
+        "grpo",
+        group="rl",
+        choices=GRPO_LOSSES,
+        help="grpo: advantages scaled by the group std, token-level mean; dr-grpo: no std, a constant divisor",
+    )
+    rewards: list[str] = option(
+        group="rl",
+        default_factory=lambda: ["exact"],
+        help="comma-separated rewards NAME[=WEIGHT] or MODULE:FUNCTION[=WEIGHT] (built-ins: exact, format, "
+        "length; sparta.objectives.rewards)",
+    )
+    temperature: float = option(
+        0.7,
+        group="rl",
+        help="sampling temperature of the rollouts (0.7: SmolLM2-135M is rarely right at 1.0)",
+    )
+    top_p: float = option(1.0, group="rl", help="nucleus sampling of the rollouts (1: off)")
+
+    def validate(self) -> None:
+        super().validate()
+        checks = [
+            (self.num_iterations >= 1, f"num_iterations must be >= 1, got {self.num_iterations}"),
+            (self.epsilon > 0, f"epsilon must be > 0, got {self.epsilon}"),
+            (self.kl_coef >= 0, f"kl_coef must be >= 0, got {self.kl_coef}"),
+            (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise SpartaError(message)
+
+
 STD_EPS = 1e-4
 
 
@@ -228,6 +283,7 @@ class GRPO(Objective):
     head_modules = ()
     work_unit = "prompt"
     recipe = "rollouts"
+    options = GRPOOptions
     rates = {  # conventional (nothing measured here), see sparta.train.rates
         "sparta": (Rate(1e-5, "convention: LoRA's GRPO rate (SpaRTA GRPO not measured)"),),
         "lora": (Rate(1e-5, "convention: TRL GRPO LoRA examples"),),
@@ -287,13 +343,9 @@ class GRPO(Objective):
         parse_rewards(cfg.rewards)  # unknown names and unimportable functions fail before anything loads
 
     def sparse_heads(self, cfg: Any) -> str | None:
-        from sparta.objectives.language_modelling import LanguageModelling
-
         return LanguageModelling().sparse_heads(cfg)
 
     def heads(self, model: nn.Module, cfg: Any) -> Heads:
-        from sparta.objectives.language_modelling import LanguageModelling
-
         return LanguageModelling().heads(model, cfg)
 
     def encode_options(self, cfg: Any) -> dict[str, Any]:

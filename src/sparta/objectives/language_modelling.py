@@ -38,11 +38,51 @@ from sparta.objectives.lm_head import (
     sequence_nll,
     untie_lm_head,
 )
+from sparta.options import option
 from sparta.tasks.chat import encode_example, prompt_ids, reference_text
 from sparta.tasks.metrics import exact_match
 
 LOSS_ON = ("assistant", "all")
 LM_HEAD = ("frozen", "train", "sparse")
+
+
+@dataclass
+class CausalLMOptions:
+    """The options of every objective that trains a causal LM (language modelling, preference, GRPO): what
+    becomes of the LM head, and how evaluation generates."""
+
+    lm_head: str = option(
+        "frozen",
+        group="method",
+        choices=LM_HEAD,
+        help="language modelling: the LM head stays frozen, trains fully (untied from the input embeddings "
+        "first where tied; sparta, lora, dora, full) or is one more SpaRTA target (sparse; untied first)",
+    )
+    eval_generate: bool | None = option(
+        None,
+        group="optim",
+        help="language modelling: score greedy generations (exact match) in the zero-shot and final dev/test "
+        "metrics (true/false; default: the task's, true for gsm8k); dev evaluations during training: loss only",
+    )
+    max_new_tokens: int = option(
+        256, group="optim", help="language modelling: the most tokens generated per example when scoring"
+    )
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise SpartaError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass
+class LanguageModellingOptions(CausalLMOptions):
+    """SFT's options: the causal-LM ones and which tokens carry the loss."""
+
+    loss_on: str = option(
+        "assistant",
+        group="data",
+        choices=LOSS_ON,
+        help="language modelling: the tokens that carry the loss (every assistant turn, or all tokens)",
+    )
 
 
 @dataclass
@@ -273,6 +313,7 @@ class LanguageModelling(Objective):
     peft_task_type = "CAUSAL_LM"
     head_modules = ()  # no classification head; the LM head is the `lm_head` setting's (see `heads`)
     work_unit = "tok"
+    options = LanguageModellingOptions
     rates = {  # conventional (nothing measured here), see sparta.train.rates
         "sparta": (Rate(2e-4, "convention: LoRA's SFT rate (SpaRTA SFT not measured)"),),
         "lora": (Rate(2e-4, "convention: QLoRA paper, models up to 13B"),),

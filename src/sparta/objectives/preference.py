@@ -50,12 +50,49 @@ from sparta.errors import SpartaError
 from sparta.objectives.base import Objective, Rate
 from sparta.objectives.batching import collate, sorted_batches
 from sparta.objectives.examples import example_key, gathered
+from sparta.objectives.language_modelling import CausalLMOptions, LanguageModelling
 from sparta.objectives.lm_head import forward_hidden, sequence_nll
+from sparta.options import option
 
 logger = logging.getLogger(__name__)
 DPO_LOSSES = ("sigmoid", "ipo")
 GENERATION_PROMPTS = 20
 REFERENCE_FILE = "reference_logps.safetensors"  # in the run dir (`--precompute-reference`)
+
+
+@dataclass
+class PreferenceOptions(CausalLMOptions):
+    """DPO's options: the causal-LM ones, the loss and its beta, and where the reference log-probs come from."""
+
+    beta: float = option(
+        0.1, group="optim", help="preference (DPO): how far the policy may move from the reference (beta)"
+    )
+    dpo_loss: str = option(
+        "sigmoid",
+        group="optim",
+        choices=DPO_LOSSES,
+        help="preference: sigmoid (DPO; with --label-smoothing: conservative DPO) or ipo (on length-normalised "
+        "log-probs)",
+    )
+    label_smoothing: float = option(
+        0.0,
+        group="optim",
+        help="preference, sigmoid loss: the assumed share of flipped labels (cDPO), in [0, 0.5)",
+    )
+    precompute_reference: bool = option(
+        False,
+        group="optim",
+        const=True,
+        help="preference: compute the reference log-probs of every pair once before training and store them with "
+        "the run (OUTPUT/reference_logps.safetensors; reused on resume)",
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if self.beta <= 0:
+            raise SpartaError(f"beta must be > 0, got {self.beta}")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise SpartaError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
 
 
 @dataclass(frozen=True)
@@ -403,6 +440,7 @@ class Preference(Objective):
     peft_task_type = "CAUSAL_LM"
     head_modules = ()
     work_unit = "pair"
+    options = PreferenceOptions
     rates = {  # conventional (nothing measured here), see sparta.train.rates
         "sparta": (Rate(5e-6, "convention: LoRA's DPO rate (SpaRTA DPO not measured)"),),
         "lora": (Rate(5e-6, "convention: alignment-handbook Zephyr-7B QLoRA DPO"),),
@@ -438,13 +476,9 @@ class Preference(Objective):
             raise SpartaError("--template formats classification inputs; leave it unset for preference pairs")
 
     def sparse_heads(self, cfg: Any) -> str | None:
-        from sparta.objectives.language_modelling import LanguageModelling
-
         return LanguageModelling().sparse_heads(cfg)
 
     def heads(self, model: nn.Module, cfg: Any):
-        from sparta.objectives.language_modelling import LanguageModelling
-
         return LanguageModelling().heads(model, cfg)  # the LM head as --lm-head says (frozen by default)
 
     def encode_options(self, cfg: Any) -> dict[str, Any]:

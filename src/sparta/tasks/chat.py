@@ -44,7 +44,7 @@ from __future__ import annotations
 from typing import Any
 
 from sparta.errors import SpartaError
-from sparta.tasks import rows as R
+from sparta.tasks import rows
 from sparta.tasks.gsm8k import strip_calculator
 from sparta.tasks.specs import TaskSpec, get_task
 
@@ -58,7 +58,7 @@ def conversation(task: str | TaskSpec, example: dict) -> Turns:
     """The example's turns as the model sees them: the task's system prompt first (when it has one and the
     conversation has none), assistant turns cleaned (GSM8K: calculator annotations stripped)."""
     task = get_task(task)
-    turns = [dict(t) for t in R.conversation(task, example)]
+    turns = [dict(t) for t in rows.conversation(task, example)]
     for turn in turns:
         if turn["role"] == "assistant":
             turn["content"] = clean_target(task, turn["content"])
@@ -78,7 +78,7 @@ def clean_target(task: TaskSpec, text: str) -> str:
 def render_messages(messages: list[dict], tokenizer: Any, instruct: bool, add_generation_prompt: bool) -> str:
     """A list of {role, content} turns as text: the chat template for instruct models, the plain template for
     base models. Tokenize it with `encode_text` (no special tokens added: the text holds them)."""
-    return _render(R.messages(messages, training=False), tokenizer, instruct, add_generation_prompt)
+    return _render(rows.messages(messages, training=False), tokenizer, instruct, add_generation_prompt)
 
 
 def encode_text(tokenizer: Any, text: str) -> list[int]:
@@ -93,7 +93,7 @@ def encode_example(
     task = get_task(task)
     if loss_on not in LOSS_ON:
         raise SpartaError(f"loss_on must be one of {', '.join(LOSS_ON)}, got {loss_on!r}")
-    if task.format == R.TEXT:
+    if task.format == rows.TEXT:
         ids = _text_ids(task, example, tokenizer)
         spans = [(1, len(ids))]
     else:
@@ -110,7 +110,7 @@ def prompt_ids(task: str | TaskSpec, example: dict, tokenizer: Any, instruct: bo
     """What generation starts from: the conversation before its last assistant turn, ending with the generation
     prompt. (A ``text`` row has no prompt: its first token, so that it stays a prefix of the encoding.)"""
     task = get_task(task)
-    if task.format == R.TEXT:
+    if task.format == rows.TEXT:
         return _text_ids(task, example, tokenizer)[:1]
     return encode_text(tokenizer, prompt_text(task, example, tokenizer, instruct))
 
@@ -118,8 +118,8 @@ def prompt_ids(task: str | TaskSpec, example: dict, tokenizer: Any, instruct: bo
 def prompt_text(task: str | TaskSpec, example: dict, tokenizer: Any, instruct: bool) -> str:
     """The text of `prompt_ids` (a ``text`` row: its text, which has no prompt)."""
     task = get_task(task)
-    if task.format == R.TEXT:
-        return R.text_of(task, example)
+    if task.format == rows.TEXT:
+        return rows.text_of(task, example)
     turns = conversation(task, example)
     last = max(i for i, t in enumerate(turns) if t["role"] == "assistant")
     _check_not_first(turns, last, tokenizer, instruct)
@@ -129,8 +129,8 @@ def prompt_text(task: str | TaskSpec, example: dict, tokenizer: Any, instruct: b
 def reference_text(task: str | TaskSpec, example: dict) -> str:
     """The text a generation is scored against: the last assistant turn (cleaned), or a ``text`` row's text."""
     task = get_task(task)
-    if task.format == R.TEXT:
-        return R.text_of(task, example)
+    if task.format == rows.TEXT:
+        return rows.text_of(task, example)
     return [t for t in conversation(task, example) if t["role"] == "assistant"][-1]["content"]
 
 
@@ -204,7 +204,7 @@ def _plain(turns: Turns, tokenizer: Any, add_generation_prompt: bool) -> str:
 
 def _text_ids(task: TaskSpec, example: dict, tokenizer: Any) -> list[int]:
     """A ``text`` row: BOS (when the tokenizer adds one), its tokens, EOS."""
-    ids = encode_text(tokenizer, _bos_text(tokenizer) + R.text_of(task, example))
+    ids = encode_text(tokenizer, _bos_text(tokenizer) + rows.text_of(task, example))
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
     return ids

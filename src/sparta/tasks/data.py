@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from sparta.errors import SpartaError
-from sparta.tasks import rows as R
 from sparta.tasks.chat import encode_example
 from sparta.tasks.files import read_records
 from sparta.tasks.labels import warn_missing_eval_classes
 from sparta.tasks.preference import HH_SIZES, carve
 from sparta.tasks.prompts import format_input
+from sparta.tasks.rows import check_row
 from sparta.tasks.specs import CLASSIFICATION, LANGUAGE_MODELLING, PREFERENCE, TaskSpec, get_task
 
 SPLIT_SEED = 20240901  # fixed: the dev carve and eval subsets do not depend on the training seed
@@ -206,7 +206,7 @@ def _reader(task: TaskSpec, data_dir):
             rows, source = load(split)
             if task.objective == LANGUAGE_MODELLING:  # the rows as they are, once checked
                 for i, row in enumerate(rows, 1):
-                    R.check_row(task, row, f"{source}: record {i}")
+                    check_row(task, row, f"{source}: record {i}")
                 out += rows
             elif task.objective == PREFERENCE:  # as they are: the encoding drops and counts bad pairs
                 out += rows

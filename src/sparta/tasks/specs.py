@@ -7,9 +7,17 @@ import dataclasses
 from dataclasses import dataclass
 
 from sparta.errors import SpartaError
-from sparta.tasks import labels as L
-from sparta.tasks import rows as R
+from sparta.tasks import rows
 from sparta.tasks.files import DATA_SUFFIXES, read_located
+from sparta.tasks.labels import (
+    LabelColumn,
+    check_mixed_types,
+    check_rare,
+    check_unseen,
+    check_values,
+    is_int,
+    unlabelled,
+)
 from sparta.tasks.preference import PAIR_FIELDS
 
 YES_NO = "Respond Yes or No."
@@ -71,7 +79,7 @@ class TaskSpec:
     label_values: tuple[str, ...] = ()  # custom tasks with string labels: raw value of each label id
     objective: str = CLASSIFICATION  # or "language-modelling" (sparta.objectives.OBJECTIVES)
     # language-modelling tasks only
-    format: str = R.MESSAGES  # "messages" | "prompt-completion" | "text" (sparta.tasks.rows.FORMATS)
+    format: str = rows.MESSAGES  # "messages" | "prompt-completion" | "text" (sparta.tasks.rows.FORMATS)
     messages_field: str = "messages"
     prompt_field: str = "prompt"
     completion_field: str = "completion"
@@ -147,12 +155,12 @@ _TASKS: dict[str, TaskSpec] = {
         # assistant turn; 500 dev problems carved from the 7,473 of train; scored on the final number
         TaskSpec("gsm8k", 0, (), "", (), (), "", metrics=LM_METRICS, max_length=512, dev_size=500,
                  hf_path="openai/gsm8k", hf_name="main", test_splits=("test",), objective=LANGUAGE_MODELLING,
-                 format=R.PROMPT_COMPLETION, prompt_field="question", completion_field="answer",
+                 format=rows.PROMPT_COMPLETION, prompt_field="question", completion_field="answer",
                  answer_parser="gsm8k", generation_metric=True),
         # reinforcement learning with verifiable rewards (GRPO): integer expressions generated from a seed with a
         # difficulty knob (sparta.tasks.arithmetic), 5,000 train / 200 dev / 500 test problems, scored on the number
         TaskSpec("arithmetic", 0, (), "", (), (), "", metrics=("exact_match",), max_length=256, dev_size=200,
-                 train_cap=5000, test_splits=("test",), objective=RL, format=R.PROMPT_COMPLETION,
+                 train_cap=5000, test_splits=("test",), objective=RL, format=rows.PROMPT_COMPLETION,
                  prompt_field="question", completion_field="answer", answer_parser="gsm8k", generation_metric=True,
                  generator="arithmetic",
                  description="integer arithmetic generated from a seed (no data files); --difficulty 1..8"),
@@ -287,7 +295,7 @@ def custom_task(
     _refuse(overrides, COLUMN_OPTIONS, "SFT and preference tasks", CLASSIFICATION)
     text_fields = (text_fields,) if isinstance(text_fields, str) else tuple(text_fields)
     labels: list[tuple[str, list[object]]] = []  # (file, its label values)
-    columns: list[L.LabelColumn] = []  # the labelled rows of each file, with their line numbers
+    columns: list[LabelColumn] = []  # the labelled rows of each file, with their line numbers
     n_train = 0
     for split, path in files:
         rows, where = read_located(path)
@@ -298,14 +306,14 @@ def custom_task(
                 )
         values = [r.get(label_field) for r in rows]
         labels.append((path, values))
-        kept = [(v, w) for v, w in zip(values, where, strict=True) if not L.unlabelled(v)]
-        columns.append(L.LabelColumn(split, path, [v for v, _ in kept], [w for _, w in kept]))
+        kept = [(v, w) for v, w in zip(values, where, strict=True) if not unlabelled(v)]
+        columns.append(LabelColumn(split, path, [v for v, _ in kept], [w for _, w in kept]))
         n_train += len(rows) if split == "train" else 0
     given = [v for c in columns for v in c.values]
     declared = label_names is not None
     if not declared:
-        L.check_mixed_types(columns)
-    all_int = bool(given) and all(L.is_int(v) for v in given)
+        check_mixed_types(columns)
+    all_int = bool(given) and all(is_int(v) for v in given)
     # an int column with names for its ids (--labels neg,pos over 0/1), rather than the values themselves
     by_id = declared and all_int and not {str(int(v)) for v in given} & set(map(str, label_names))
     ints = all_int and (not declared or by_id)
@@ -325,7 +333,7 @@ def custom_task(
         expected = f"among the labels {list(label_values)}" if label_values else "class labels"
     valid = {str(i) for i in range(len(label_names))} if by_id else set(label_names)
     for path, values in labels:
-        L.check_values(path, label_field, values, valid, ints, expected)
+        check_values(path, label_field, values, valid, ints, expected)
     if num_labels is not None and num_labels != len(label_names):
         raise SpartaError(f"num_labels={num_labels} but the custom task has labels {list(label_names)}")
     words = tuple(overrides.pop("label_words", None) or label_names)
@@ -347,8 +355,8 @@ def custom_task(
     spec = _validate(TaskSpec(**(fields | _tuples(_clean(overrides)))))
     if not (declared or num_labels is not None or allow_rare_labels):
         key = (lambda v: str(int(v))) if ints else str
-        L.check_unseen(columns, key)
-        L.check_rare(columns, label_names, key)
+        check_unseen(columns, key)
+        check_rare(columns, label_names, key)
     return spec
 
 
@@ -368,8 +376,8 @@ def custom_lm_task(data_files: dict[str, str], *, format: str | None = None, **o
     _refuse(overrides, _PREFERENCE_ONLY, "preference tasks", LANGUAGE_MODELLING)
     overrides.pop("allow_rare_labels", None)  # False or None: not a TaskSpec field
     fields = _tuples(_clean(overrides))
-    columns = R.Columns(**{k: v for k, v in fields.items() if k in R.Columns.__dataclass_fields__})
-    fmt, n_train = R.check_files(files, columns, format)
+    columns = rows.Columns(**{k: v for k, v in fields.items() if k in rows.Columns.__dataclass_fields__})
+    fmt, n_train = rows.check_files(files, columns, format)
     metrics = LM_METRICS if fields.get("generation_metric") else ("loss",)
     dev = ("dev",) if any(s == "dev" for s, _ in files) else ()
     spec = TaskSpec(
@@ -438,7 +446,7 @@ def _pair_names(options: dict) -> tuple[str, str, str]:
 def read_columns(task: TaskSpec) -> tuple[str, ...]:
     """The columns a task's rows are read from (its format's, for a language-modelling task)."""
     if task.objective == LANGUAGE_MODELLING:
-        return R.required_columns(task)
+        return rows.required_columns(task)
     if task.objective == PREFERENCE:
         return (task.prompt_field, task.chosen_field, task.rejected_field)
     return (*task.text_fields, task.label_field)
@@ -557,9 +565,9 @@ def _validate_lm(spec: TaskSpec) -> None:
             f"task {spec.name!r} has labels, so it is a classification task; objective {LANGUAGE_MODELLING} "
             "is for tasks of conversations, prompt-completion pairs or text (e.g. gsm8k, or custom with data files)"
         )
-    if spec.format not in R.FORMATS:
+    if spec.format not in rows.FORMATS:
         raise SpartaError(
-            f"task {spec.name!r}: format must be one of {', '.join(R.FORMATS)}, got {spec.format!r}"
+            f"task {spec.name!r}: format must be one of {', '.join(rows.FORMATS)}, got {spec.format!r}"
         )
     if ("loss" not in spec.metrics and spec.objective != RL) or set(spec.metrics) - set(LM_METRICS):
         raise SpartaError(

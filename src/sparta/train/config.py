@@ -1,7 +1,12 @@
-"""The run configuration: one dataclass whose fields declare every option once (help, group, choices, flag).
+"""The run configuration: one dataclass, `TrainConfig`, whose fields declare every option once (help, group,
+choices, flag).
 
-The `sparta train` / `sparta tune-density` flags and the accepted YAML keys are generated from the fields (see
-`sparta.train.options`), and flags and YAML values go through the same conversion. Precedence, lowest first: the
+The fields every run has, whatever its method and objective, are `SharedConfig`'s, here; each method and
+objective declares its own in its module (`Method.options`, `Objective.options`: SpaRTA's density, LoRA's rank,
+DPO's beta, GRPO's group size, ...), and `TrainConfig` is composed of all of them (`sparta.options.compose`), so
+a new plug-in adds its options without a change here and `cfg.beta` reads the same as `cfg.seed`. The
+`sparta train` / `sparta tune-density` flags and the accepted YAML keys are generated from the fields (see
+`sparta.options`), and flags and YAML values go through the same conversion. Precedence, lowest first: the
 dataclass defaults, the YAML file (`--config run.yaml`), explicit CLI flags (their defaults are
 `argparse.SUPPRESS`, so only the flags a user actually typed override the YAML). `lr: None` is resolved per
 method, objective and density by `sparta.train.rates` when the run starts.
@@ -14,22 +19,19 @@ import dataclasses
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
-from sparta.adapter.config import DTYPE_NAMES, INDEX_FORMATS, check_density
+from sparta import methods, options
+from sparta.adapter.config import DTYPE_NAMES
 from sparta.errors import SpartaError
 from sparta.methods import METHOD_NAMES, get_method
 from sparta.methods.base import targets_of
 from sparta.objectives import OBJECTIVE_NAMES, OBJECTIVES, get_objective
-from sparta.objectives.grpo import GRPO_LOSSES
-from sparta.objectives.language_modelling import LM_HEAD, LOSS_ON
-from sparta.objectives.preference import DPO_LOSSES
+from sparta.options import option
 from sparta.precision import normalise as normalise_precision
 from sparta.tasks.rows import FORMATS
-from sparta.train import options as O
-from sparta.train.options import option
 
 METHODS = METHOD_NAMES  # the registry in sparta.methods
 SCHEDULERS = ("linear", "cosine", "constant")
@@ -46,9 +48,18 @@ GROUPS = {
 }
 
 
+# the plug-ins' options dataclasses, methods first, each in registry order (Dora shares Lora's)
+PLUGIN_OPTIONS = tuple(
+    dict.fromkeys(p.options for p in (*methods.METHODS.values(), *OBJECTIVES.values()) if p.options)
+)
+
+
 @dataclass
-class TrainConfig:
-    """Everything a training run depends on; `results.json` stores it in full."""
+class SharedConfig:
+    """The options of every run, whatever its method and objective, and what a config does (validation, YAML,
+    flags); `TrainConfig` adds the plug-ins' options to them."""
+
+    option_parts: ClassVar[tuple[type, ...]] = ()  # the plug-ins' options dataclasses (`options.compose`)
 
     task: str = option("sst2", group="run", help="task name (sst2, cola, mrpc, rte, qnli, imdb, mmlu, ...)")
     method: str = option("sparta", group="run", choices=METHODS, help="adaptation method")
@@ -150,45 +161,6 @@ class TrainConfig:
     padding_side: str = option(
         "right", group="data", choices=PADDING_SIDES, help="pad on the left or the right"
     )
-    loss_on: str = option(
-        "assistant",
-        group="data",
-        choices=LOSS_ON,
-        help="language modelling: the tokens that carry the loss (every assistant turn, or all tokens)",
-    )
-    # method settings
-    density: float = option(
-        0.005, group="method", help="SpaRTA: fraction of each targeted weight that is trainable"
-    )
-    targets: list[str] | None = option(
-        None,
-        group="method",
-        help="comma-separated target modules (sparta: all-linear; lora/dora: q_proj,v_proj)",
-    )
-    index_seed: int | None = option(
-        None,
-        group="run",
-        help="seed of the SpaRTA index sampling when it should differ from --seed (e.g. adapters meant for merging)",
-    )
-    lm_head: str = option(
-        "frozen",
-        group="method",
-        choices=LM_HEAD,
-        help="language modelling: the LM head stays frozen, trains fully (untied from the input embeddings "
-        "first where tied; sparta, lora, dora, full) or is one more SpaRTA target (sparse; untied first)",
-    )
-    lora_r: int = option(8, group="method", help="LoRA/DoRA rank")
-    lora_alpha: float = option(16.0, group="method", help="LoRA/DoRA alpha")
-    lora_dropout: float = option(0.1, group="method", help="LoRA/DoRA dropout")
-    save_index_format: str = option(
-        "seed",
-        group="method",
-        choices=INDEX_FORMATS,
-        help="SpaRTA adapter index encoding (seed: regenerated from the seed, no index bytes)",
-    )
-    save_delta_dtype: str = option(
-        "float32", group="method", choices=DTYPE_NAMES, help="SpaRTA adapter delta/head precision on disk"
-    )
     # optimisation
     epochs: float = option(1.0, group="optim", help="training epochs (fractions allowed)")
     max_steps: int | None = option(None, group="optim", help="optimizer steps; wins over --epochs")
@@ -216,69 +188,6 @@ class TrainConfig:
     eval_every: int | None = option(
         None, group="optim", help="evaluate on dev every N optimizer steps (once per epoch if unset)"
     )
-    eval_generate: bool | None = option(
-        None,
-        group="optim",
-        help="language modelling: score greedy generations (exact match) in the zero-shot and final dev/test "
-        "metrics (true/false; default: the task's, true for gsm8k); dev evaluations during training: loss only",
-    )
-    max_new_tokens: int = option(
-        256, group="optim", help="language modelling: the most tokens generated per example when scoring"
-    )
-    beta: float = option(
-        0.1, group="optim", help="preference (DPO): how far the policy may move from the reference (beta)"
-    )
-    dpo_loss: str = option(
-        "sigmoid",
-        group="optim",
-        choices=DPO_LOSSES,
-        help="preference: sigmoid (DPO; with --label-smoothing: conservative DPO) or ipo (on length-normalised "
-        "log-probs)",
-    )
-    label_smoothing: float = option(
-        0.0,
-        group="optim",
-        help="preference, sigmoid loss: the assumed share of flipped labels (cDPO), in [0, 0.5)",
-    )
-    precompute_reference: bool = option(
-        False,
-        group="optim",
-        const=True,
-        help="preference: compute the reference log-probs of every pair once before training and store them with "
-        "the run (OUTPUT/reference_logps.safetensors; reused on resume)",
-    )
-    num_generations: int = option(
-        8, group="rl", help="completions sampled per prompt (the group whose rewards give the advantages)"
-    )
-    num_iterations: int = option(
-        1,
-        group="rl",
-        help="optimizer steps on each rollout batch (>1: PPO-style reuse with the clipped ratio)",
-    )
-    epsilon: float = option(0.2, group="rl", help="clipping range of the probability ratio")
-    kl_coef: float = option(
-        0.0,
-        group="rl",
-        help="weight of the per-token KL to the reference (the disabled adapter); 0: no KL term",
-    )
-    grpo_loss: str = option(
-        "grpo",
-        group="rl",
-        choices=GRPO_LOSSES,
-        help="grpo: advantages scaled by the group std, token-level mean; dr-grpo: no std, a constant divisor",
-    )
-    rewards: list[str] = option(
-        group="rl",
-        default_factory=lambda: ["exact"],
-        help="comma-separated rewards NAME[=WEIGHT] or MODULE:FUNCTION[=WEIGHT] (built-ins: exact, format, "
-        "length; sparta.objectives.rewards)",
-    )
-    temperature: float = option(
-        0.7,
-        group="rl",
-        help="sampling temperature of the rollouts (0.7: SmolLM2-135M is rarely right at 1.0)",
-    )
-    top_p: float = option(1.0, group="rl", help="nucleus sampling of the rollouts (1: off)")
     init_from: str | None = option(
         None,
         metavar="RUN",
@@ -350,16 +259,16 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            setattr(self, f.name, O.convert_field(type(self), f.name, getattr(self, f.name), f.name))
+            setattr(self, f.name, options.convert_field(type(self), f.name, getattr(self, f.name), f.name))
         self.validate()
 
     def validate(self) -> None:
-        """Raise SpartaError on settings that cannot work (choices come from the fields' metadata)."""
+        """Raise SpartaError on settings that cannot work (choices come from the fields' metadata, the values
+        of every plug-in's options from its `validate`, whichever method and objective run)."""
         for f in fields(self):
             value, choices = getattr(self, f.name), f.metadata.get("choices")
             if choices and value is not None and value not in choices:
                 raise SpartaError(f"unknown {f.name} {value!r}; choose one of {', '.join(choices)}")
-        check_density(self.density)
         self.precision = normalise_precision(self.precision)
         checks = [
             (self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1"),
@@ -372,26 +281,17 @@ class TrainConfig:
             (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
             (self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps must be >= 0"),
             (self.dropout is None or 0 <= self.dropout < 1, "dropout must be in [0, 1)"),
-            (0 <= self.lora_dropout < 1, "lora_dropout must be in [0, 1)"),
-            (self.lora_r >= 1, "lora_r must be >= 1"),
             (self.eval_every is None or self.eval_every >= 1, "eval_every must be >= 1"),
             (self.log_every >= 1, "log_every must be >= 1"),
             (self.save_every is None or self.save_every >= 1, "save_every must be >= 1"),
             (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
-            (self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
-            (self.beta > 0, f"beta must be > 0, got {self.beta}"),
-            (self.num_iterations >= 1, f"num_iterations must be >= 1, got {self.num_iterations}"),
-            (self.epsilon > 0, f"epsilon must be > 0, got {self.epsilon}"),
-            (self.kl_coef >= 0, f"kl_coef must be >= 0, got {self.kl_coef}"),
-            (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
-            (
-                0 <= self.label_smoothing < 0.5,
-                f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}",
-            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise SpartaError(message)
+        for part in self.option_parts:
+            if hasattr(part, "validate"):
+                options.select(part, self).validate()
         method = get_method(self.method)
         if self.objective is not None:
             method.check(self, get_objective(self.objective))
@@ -410,7 +310,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
         """A validated config from a mapping of settings (dashes in keys read as underscores)."""
-        aliases = O.alias_keys(cls)
+        aliases = options.alias_keys(cls)
         keys = {k: str(k).replace("-", "_") for k in values}
         values = {aliases.get(keys[k], keys[k]): v for k, v in values.items()}
         if values.get("precision") is False:  # YAML reads accelerate's `mixed_precision: no` as false
@@ -421,7 +321,7 @@ class TrainConfig:
             raise SpartaError(
                 f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
             )
-        return cls(**O.coerce(cls, values, f"{source}: {{}}"))
+        return cls(**options.coerce(cls, values, f"{source}: {{}}"))
 
     def to_yaml(self) -> str:
         """Every setting as YAML that `load_yaml` + `from_dict` read back to an equal config."""
@@ -429,7 +329,17 @@ class TrainConfig:
 
     def to_argv(self) -> list[str]:
         """The `sparta train` flags that rebuild this config (task, method and seed always; others if changed)."""
-        return O.to_argv(self, always=("task", "method", "seed"))
+        return options.to_argv(self, always=("task", "method", "seed"))
+
+
+TrainConfig = options.compose(
+    "TrainConfig",
+    SharedConfig,
+    PLUGIN_OPTIONS,
+    module=__name__,
+    doc="Everything a training run depends on (the shared options and every plug-in's); `results.json` stores "
+    "it in full.",
+)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -459,7 +369,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="YAML",
         help="YAML file of settings; explicit flags win",
     )
-    O.add_arguments(groups, TrainConfig)
+    options.add_arguments(groups, TrainConfig)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -470,5 +380,5 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         values.update(load_yaml(config_path))
     by_name = {f.name: f for f in fields(TrainConfig)}
     flags = {k: v for k, v in vars(args).items() if k in by_name}
-    values.update(O.coerce(TrainConfig, flags, lambda name: O.flag_of(by_name[name])))
+    values.update(options.coerce(TrainConfig, flags, lambda name: options.flag_of(by_name[name])))
     return TrainConfig.from_dict(values, source=str(config_path or "arguments"))

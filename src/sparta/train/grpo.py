@@ -45,7 +45,7 @@ from sparta.objectives.grpo import clipped_loss, completion_logps, group_advanta
 from sparta.objectives.rewards import Reward, parse_rewards, score
 from sparta.precision import autocast, grad_scaler
 from sparta.runs.layout import RESULTS_FILE
-from sparta.train import checkpoint as C
+from sparta.train import checkpoint
 from sparta.train.config import TrainConfig
 from sparta.train.distributed import Runtime, launched_distributed
 from sparta.train.logs import RunLogger, peak_memory_mb
@@ -118,7 +118,7 @@ def build_rl_optimisation(cfg: TrainConfig, net: nn.Module, s: Setup, rt: Runtim
     if ckpt is None:
         stream = BatchStream(train_data.lengths, plan.global_batch, cfg.seed)
         return RLOptimisation(plan, optimizer, scheduler, stream, RLProgress(), scaler)
-    C.check_trainable(trainable_state(net), ckpt.trainable, ckpt.path)
+    checkpoint.check_trainable(trainable_state(net), ckpt.trainable, ckpt.path)
     load_trainable_state(net, ckpt.trainable)
     optimizer.load_state_dict(ckpt.optimizer)
     scheduler.load_state_dict(ckpt.scheduler)
@@ -253,7 +253,7 @@ def optimise(
             kl_sum += float(terms.kl.sum()) if terms.kl is not None else 0.0
         step_loss = rt.sum(step_loss)
         if not math.isfinite(step_loss):
-            saved = C.latest_checkpoint(output)
+            saved = checkpoint.latest_checkpoint(output)
             raise SpartaError(
                 f"GRPO loss is {step_loss} at step {opt.progress.step + 1}: the run diverged; lower "
                 f"--lr (now {cfg.lr})" + (f"; the last good checkpoint is {saved}" if saved else "")
@@ -370,9 +370,21 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
         if s.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(s.device)
         if ckpt is not None:
-            C.set_rng_state(*ckpt.rng[rt.rank])
+            checkpoint.set_rng_state(*ckpt.rng[rt.rank])
         run_rollout_steps(
-            cfg, s, prepared, optimizer, net, opt, rewards, sync, run_eval, output, rt, zero_shot, on_step
+            cfg,
+            s,
+            prepared=prepared,
+            optimizer=optimizer,
+            net=net,
+            opt=opt,
+            rewards=rewards,
+            sync=sync,
+            run_eval=run_eval,
+            output=output,
+            rt=rt,
+            zero_shot=zero_shot,
+            on_step=on_step,
         )
         if rt.distributed and len(set(rt.gather(state_digest(net)))) != 1:
             raise SpartaError(
@@ -398,19 +410,20 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
 
 
 def run_rollout_steps(
-    cfg,
+    cfg: TrainConfig,
     s: Setup,
-    prepared,
-    optimizer,
-    net,
+    *,
+    prepared: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    net: nn.Module,
     opt: RLOptimisation,
-    rewards,
-    sync,
-    run_eval,
+    rewards: list[Reward],
+    sync: Any,
+    run_eval: Callable[..., dict],
     output: Path,
     rt: Runtime,
-    zero_shot,
-    on_step,
+    zero_shot: dict | None,
+    on_step: Callable[[int], None] | None,
 ) -> None:
     """Rollout steps until the plan's last: sample, score, optimise, log, evaluate, checkpoint."""
     plan, prog = opt.plan, opt.progress

@@ -40,7 +40,7 @@ from sparta.precision import autocast, grad_scaler
 from sparta.runs.layout import (
     RESULTS_FILE,
 )
-from sparta.train import checkpoint as C
+from sparta.train import checkpoint
 from sparta.train.config import TrainConfig
 from sparta.train.distributed import Runtime, launched_distributed
 from sparta.train.logs import RunLogger
@@ -101,7 +101,7 @@ def build_optimisation(cfg: TrainConfig, net: nn.Module, s: Setup, rt: Runtime, 
     if ckpt is None:
         stream = BatchStream(train_data.lengths, plan.global_batch, cfg.seed)
         return Optimisation(plan, optimizer, scheduler, stopper, stream, Progress(), scaler)
-    C.check_trainable(trainable_state(net), ckpt.trainable, ckpt.path)
+    checkpoint.check_trainable(trainable_state(net), ckpt.trainable, ckpt.path)
     load_trainable_state(net, ckpt.trainable)
     optimizer.load_state_dict(ckpt.optimizer)
     scheduler.load_state_dict(ckpt.scheduler)
@@ -158,7 +158,7 @@ def clip_gradients(model, params: list, max_norm: float | None, rt: Runtime) -> 
 def check_finite(step_loss: float, step: int, cfg: TrainConfig, output: Path) -> None:
     if math.isfinite(step_loss):
         return
-    saved = C.latest_checkpoint(output)
+    saved = checkpoint.latest_checkpoint(output)
     raise SpartaError(
         f"training loss is {step_loss} at step {step}: the run diverged; lower --lr (now {cfg.lr}) or check the "
         "data. " + (f"The last good checkpoint is {saved}." if saved else "No checkpoint was written.")
@@ -202,9 +202,9 @@ def write_checkpoint(
 ) -> None:
     """OUTPUT/checkpoint-STEP, written by rank 0: the trainable state, optimizer, schedule, every rank's random
     state, the config and a recipe's own `state` (its counters); then every rank waits for it."""
-    rng = rt.gather(C.rng_state())
+    rng = rt.gather(checkpoint.rng_state())
     if rt.is_main:
-        C.save_checkpoint(
+        checkpoint.save_checkpoint(
             output,
             step,
             trainable_state(net),
@@ -220,12 +220,24 @@ def write_checkpoint(
 
 # -- the loop ------------------------------------------------------------------------------------------------------
 def run_steps(
-    cfg, s: Setup, prepared, optimizer, net, opt: Optimisation, run_eval, output, rt, zero_shot, on_step
+    cfg: TrainConfig,
+    s: Setup,
+    *,
+    prepared: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    net: nn.Module,
+    opt: Optimisation,
+    run_eval: Callable[..., dict],
+    output: Path,
+    rt: Runtime,
+    zero_shot: dict | None,
+    on_step: Callable[[int], None] | None,
 ) -> bool:
     """Optimizer steps until the plan's last step or early stopping; True when stopped early.
 
     `prepared` and `optimizer` are what the runtime made of the model and `opt.optimizer` (DDP wraps them);
-    `net` is the unwrapped model that evaluation, checkpoints and saving use.
+    `net` is the unwrapped model that evaluation, checkpoints and saving use; `zero_shot` (the metrics before
+    training, None when skipped) goes into every checkpoint; `on_step(step)` is called after every step.
     """
     train_data, plan, prog = s.enc["train"], opt.plan, opt.progress
     has_dev = len(s.enc["dev"]) > 0
@@ -415,9 +427,19 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dic
         if s.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(s.device)
         if ckpt is not None:
-            C.set_rng_state(*ckpt.rng[rt.rank])
+            checkpoint.set_rng_state(*ckpt.rng[rt.rank])
         stopped_early = run_steps(
-            cfg, s, prepared, optimizer, net, opt, run_eval, output, rt, zero_shot, on_step
+            cfg,
+            s,
+            prepared=prepared,
+            optimizer=optimizer,
+            net=net,
+            opt=opt,
+            run_eval=run_eval,
+            output=output,
+            rt=rt,
+            zero_shot=zero_shot,
+            on_step=on_step,
         )
         # (sharded parameters are one copy by construction: nothing to compare)
         if rt.distributed and not rt.sharded and len(set(rt.gather(state_digest(net)))) != 1:

@@ -35,7 +35,7 @@ from sparta.runs.layout import RUN_FILE, prepare_output
 from sparta.tasks import build_task, format_input, load_splits
 from sparta.tasks.labels import class_counts
 from sparta.tasks.specs import COLUMN_OPTIONS, LANGUAGE_MODELLING, read_columns
-from sparta.train import checkpoint as C
+from sparta.train import checkpoint
 from sparta.train.config import TrainConfig
 from sparta.train.distributed import Runtime
 
@@ -317,7 +317,7 @@ def check_resumable(cfg: TrainConfig, saved: dict, where: Path) -> None:
         raise SpartaError(f"cannot resume {where}: settings differ from the checkpoint's ({shown})")
 
 
-def open_run(cfg: TrainConfig, rt: Runtime) -> tuple[Path, C.Checkpoint | None]:
+def open_run(cfg: TrainConfig, rt: Runtime) -> tuple[Path, checkpoint.Checkpoint | None]:
     """The checked (and created) output dir, and the checkpoint to continue from when resuming."""
     if rt.sharded and (cfg.save_every or cfg.resume):
         raise SpartaError(
@@ -332,7 +332,7 @@ def open_run(cfg: TrainConfig, rt: Runtime) -> tuple[Path, C.Checkpoint | None]:
     rt.barrier()
     if not resume:
         return output, None
-    ckpt = C.load_checkpoint(C.latest_checkpoint(output))
+    ckpt = checkpoint.load_checkpoint(checkpoint.latest_checkpoint(output))
     check_resumable(cfg, ckpt.state["config"], ckpt.path)
     if len(ckpt.rng) != rt.world:
         raise SpartaError(f"{ckpt.path} was written by {len(ckpt.rng)} process(es); resume with as many")
