@@ -196,6 +196,8 @@ def test_sft_settings_are_checked(sft_config, toy_config, tmp_path):
         TrainConfig(lm_head="tied")
     with pytest.raises(SpartaError, match="--lm-head apply to language-modelling"):
         train(toy_config(lm_head="train", output=str(tmp_path / "never")))
+    with pytest.raises(SpartaError, match="--max-new-tokens, --loss-on apply to language-modelling"):
+        train(toy_config(max_new_tokens=8, loss_on="all", output=str(tmp_path / "never")))
     assert not (tmp_path / "never").exists()  # refused before the run dir is made
     cfg = TrainConfig(
         objective="language-modelling",

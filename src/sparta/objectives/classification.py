@@ -10,7 +10,7 @@ The loss is the mean cross-entropy over the examples of an optimizer step; the m
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ from sparta.objectives.base import Objective, Rate
 from sparta.objectives.batching import collate, forward_batches
 from sparta.objectives.examples import example_key
 from sparta.objectives.heads import init_base_head, init_instruct_head
+from sparta.objectives.language_modelling import LanguageModellingOptions
+from sparta.options import default_of
 from sparta.tasks import compute_metrics, field_texts, format_input
 
 SST2_PROTOCOL = "measured, docs/RESULTS.md SST-2 protocol"
@@ -187,13 +189,11 @@ class Classification(Objective):
 
     def check(self, cfg: Any) -> None:
         """Settings of language modelling have no meaning for a classifier: refused rather than ignored."""
-        lm_only = {
-            "lm_head": "frozen",
-            "loss_on": "assistant",
-            "eval_generate": None,
-            "keep_calculator": False,
+        # SFT's own options (declared by that objective) and the GSM8K target option of the task overrides;
+        # eval_generate=false is no request at all, so False passes as the default does
+        lm_only = {f.name: default_of(f) for f in fields(LanguageModellingOptions)} | {
+            "keep_calculator": False
         }
-        # (eval_generate=false is no request at all, so it passes)
         given = [k for k, default in lm_only.items() if getattr(cfg, k, default) not in (default, False)]
         if given:
             flags = ", ".join("--" + k.replace("_", "-") for k in given)
