@@ -3,16 +3,15 @@
     PYTHONPATH=<pinned worktree>/src python experiments/dpo_hh.py QUEUE OUT [--precision fp32]
 
 SmolLM2-135M-Instruct, DPO (sigmoid loss, beta 0.1) on hh-harmless (the fixed 1,812 / 250 / 250 carve, pairs of
-at most 512 tokens), every cell in one precision:
-  * rate probes: 200 training pairs, 1 epoch (25 steps of 8), dev DPO loss on the first 100 dev pairs of a fixed
-    sample; each method starts from three rates of the ladder (experiments/ladder.py) and, while its lowest dev
-    loss sits at an end, probes the next rate beyond it (at most two more), so that the chosen rate has a worse
-    neighbour on each side;
-  * trained cells at each method's chosen rate, seed 0: 600 training pairs, 1 epoch (75 steps of 8), dev loss
-    on all 250 dev pairs every 25 steps (the best state restored), test on all 250 test pairs: preference
-    accuracy, reward margin, KL estimate, greedy generation length on the first 20 test prompts, and each pair's
-    scores in examples/test.jsonl (for `sparta compare`); the SpaRTA cell also scores the untrained model first
-    (its log-prob preference: results.json zero_shot, examples/zero-shot.test.jsonl);
+at most 512 tokens), every cell in one precision. Every cell is the full protocol, so the rate bracket and the
+table are the same cells:
+  * a cell: 600 training pairs, 1 epoch (75 steps of 8), then the dev DPO loss on all dev pairs and, on all test
+    pairs, preference accuracy, reward margin, KL estimate, greedy generation length on the first 20 prompts of
+    each split, and each pair's scores in examples/test.jsonl (for `sparta compare`); the first SpaRTA cell also
+    scores the untrained model (its log-prob preference: results.json zero_shot, examples/zero-shot.test.jsonl);
+  * each method's rate: cells at three rates of the ladder (experiments/ladder.py) and, while the lowest dev loss
+    sits at an end, the next rate beyond it (at most two more), so that the chosen rate has a worse neighbour on
+    each side; OUT/chosen-METHOD.json records the method's dev losses and its chosen rate;
   * SFT then DPO: SpaRTA SFT on the chosen replies of the same 600 training pairs (1 epoch, lr 1e-2, the rate
     measured for SpaRTA SFT on GSM8K with this model), then SpaRTA DPO `--init-from` it at SpaRTA's chosen rate.
 SpaRTA on v_proj,o_proj at LoRA r=8 (q,v)'s budget (density 3.47%), LoRA r=8 alpha 16 on q,v, full fine-tuning
@@ -20,6 +19,10 @@ with a frozen copy as its reference; no dropout (a dropped-out policy would be c
 not, as TRL's DPO default also avoids). Queue "a" runs SpaRTA and SFT-then-DPO, queue "b" LoRA and full
 fine-tuning: two one-thread jobs. A finished cell (results.json) is skipped; a half-finished one continues from
 its newest checkpoint.
+
+Rates are probed at the full 600 pairs because probes on 200 pairs with dev loss on 100 dev pairs could not pick
+one (experiments/results/dpo-hh-probe200): every SpaRTA probe's dev loss stayed at or above the untrained log 2,
+rising with the rate, so the bracket walked down to the rate that moves the model least.
 """
 
 from __future__ import annotations
@@ -41,21 +44,30 @@ COMMON = shlex.split(
     "--task hh-harmless --beta 0.1 --dpo-loss sigmoid --epochs 1 --batch-size 8 --warmup-ratio 0.1 "
     "--dropout 0 --no-progress --save-every 25 --seed 0"
 )
-PROBE = shlex.split("--max-train-samples 200 --max-eval-samples 100 --no-zero-shot --eval-generate false")
-MAIN = shlex.split("--max-train-samples 600 --eval-every 25")
+CELL = shlex.split("--max-train-samples 600")
 SFT_LR = 1e-2
 QUEUES = {"a": ["sparta", "sft-then-dpo"], "b": ["lora", "full"]}
 
 
-def probe(method: str, out: Path, precision: list[str]):  # noqa: ANN201
-    """The dev DPO loss of one rate probe of `method` (a cell under OUT/probe/)."""
+def cell(method: str, lr: float, out: Path, precision: list[str]) -> dict:
+    """One cell of `method` at rate `lr` (OUT/cells/METHOD-lrLR); the first SpaRTA rate scores the untrained model."""
+    zero_shot = [] if (method, lr) == ("sparta", START["sparta"][0]) else ["--no-zero-shot"]
+    flags = [*COMMON, *CELL, *METHOD_FLAGS[method], "--lr", str(lr), *zero_shot, *precision]
+    return train(out / "cells" / f"{method}-lr{lr_name(lr)}", flags)
+
+
+def choose(method: str, out: Path, precision: list[str]) -> float:
+    """`method`'s rate, on dev loss over its bracket of cells, recorded with every dev loss in OUT/chosen-METHOD.json."""
+    dev: dict[float, float] = {}
 
     def dev_loss(lr: float) -> float:
-        cell = out / "probe" / f"{method}-lr{lr_name(lr)}"
-        flags = [*COMMON, *PROBE, *METHOD_FLAGS[method], "--lr", str(lr), *precision]
-        return train(cell, flags)["metrics"]["dev"]["loss"]
+        dev[lr] = cell(method, lr, out, precision)["metrics"]["dev"]["loss"]
+        return dev[lr]
 
-    return dev_loss
+    lr = choose_rate(START[method], dev_loss)
+    record = {"lr": lr, "dev_loss": {lr_name(r): loss for r, loss in sorted(dev.items())}}
+    (out / f"chosen-{method}.json").write_text(json.dumps(record, indent=2) + "\n")
+    return lr
 
 
 def chosen_replies(out: Path) -> dict[str, Path]:
@@ -80,15 +92,15 @@ def chosen_replies(out: Path) -> dict[str, Path]:
 
 def sft_then_dpo(out: Path, dpo_lr: float, precision: list[str]) -> None:
     data = chosen_replies(out)
-    sft = out / "main" / "sparta-sft"
+    sft = out / "sft-then-dpo" / "sft"
     sft_flags = shlex.split(
         f"--task custom --train-file {data['train']} --dev-file {data['dev']} --epochs 1 --batch-size 8 "
         f"--warmup-ratio 0.1 --dropout 0 --no-progress --no-zero-shot --eval-generate false --save-every 25 "
         f"--seed 0 --max-length 512 --lr {SFT_LR}"
     )
     train(sft, [*sft_flags, *METHOD_FLAGS["sparta"], *precision])
-    dpo = [*COMMON, *MAIN, *METHOD_FLAGS["sparta"], "--lr", str(dpo_lr), "--init-from", str(sft)]
-    train(out / "main" / "sparta-sft-dpo", [*dpo, "--no-zero-shot", *precision])
+    dpo = [*COMMON, *CELL, *METHOD_FLAGS["sparta"], "--lr", str(dpo_lr), "--init-from", str(sft)]
+    train(out / "sft-then-dpo" / "dpo", [*dpo, "--no-zero-shot", *precision])
 
 
 def main() -> None:
@@ -99,19 +111,12 @@ def main() -> None:
     args = parser.parse_args()
     check_precision(args.out, args.precision)
     precision = ["--precision", args.precision]
-    chosen: dict[str, float] = {}
-    for method in ("sparta", "lora", "full"):
-        if method in QUEUES[args.queue] or (method == "sparta" and "sft-then-dpo" in QUEUES[args.queue]):
-            chosen[method] = choose_rate(START[method], probe(method, args.out, precision))
-            print(f"{method}: chosen lr {chosen[method]:g}", flush=True)
-    for cell in QUEUES[args.queue]:
-        if cell == "sft-then-dpo":
-            sft_then_dpo(args.out, chosen["sparta"], precision)
+    for method in QUEUES[args.queue]:
+        if method == "sft-then-dpo":
+            sft_then_dpo(args.out, choose("sparta", args.out, precision), precision)
         else:
-            zero_shot = [] if cell == "sparta" else ["--no-zero-shot"]  # the untrained model scored once
-            flags = [*COMMON, *MAIN, *METHOD_FLAGS[cell], "--lr", str(chosen[cell]), *zero_shot, *precision]
-            train(args.out / "main" / cell, flags)
-        print(f"{cell}: done", flush=True)
+            print(f"{method}: chosen lr {choose(method, args.out, precision):g}", flush=True)
+        print(f"{method}: done", flush=True)
 
 
 if __name__ == "__main__":
