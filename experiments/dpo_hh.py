@@ -5,10 +5,11 @@
 SmolLM2-135M-Instruct, DPO (sigmoid loss, beta 0.1) on hh-harmless (the fixed 1,812 / 250 / 250 carve, pairs of
 at most 512 tokens), every cell in one precision. Every cell is the full protocol, so the rate bracket and the
 table are the same cells:
-  * a cell: 600 training pairs, 1 epoch (75 steps of 8), then the dev DPO loss on all dev pairs and, on all test
-    pairs, preference accuracy, reward margin, KL estimate, greedy generation length on the first 20 prompts of
-    each split, and each pair's scores in examples/test.jsonl (for `sparta compare`); the first SpaRTA cell also
-    scores the untrained model (its log-prob preference: results.json zero_shot, examples/zero-shot.test.jsonl);
+  * a cell: 600 training pairs (580 usable), 1 epoch (73 steps of 8), then the dev DPO loss on all dev pairs
+    and, on all test pairs, preference accuracy, reward margin, KL estimate, greedy generation length on the
+    first 20 prompts of each split, and each pair's scores in examples/test.jsonl (for `sparta compare`); the
+    first SpaRTA cell also scores the untrained model (its log-prob preference: results.json zero_shot,
+    examples/zero-shot.test.jsonl);
   * each method's rate: cells at three rates of the ladder (experiments/ladder.py) and, while the lowest dev loss
     sits at an end, the next rate beyond it (at most two more), so that the chosen rate has a worse neighbour on
     each side; OUT/chosen-METHOD.json records the method's dev losses and its chosen rate;
