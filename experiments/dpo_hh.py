@@ -58,7 +58,7 @@ def cell(method: str, lr: float, out: Path, precision: list[str]) -> dict:
 
 
 def choose(method: str, out: Path, precision: list[str]) -> float:
-    """`method`'s rate, on dev loss over its bracket of cells, recorded with every dev loss in OUT/chosen-METHOD.json."""
+    """`method`'s rate, on dev loss over its bracket of cells (all dev losses in OUT/chosen-METHOD.json)."""
     dev: dict[float, float] = {}
 
     def dev_loss(lr: float) -> float:
