@@ -40,6 +40,7 @@ from sparta.objectives.classification import Encoded
 from sparta.objectives.generation import generate
 from sparta.objectives.language_modelling import LMEncoded
 from sparta.precision import autocast, cpu_bf16_instructions
+from sparta.train.setup import enable_gradient_checkpointing
 
 MODEL = "smollm2-135m-instruct"
 PRECISIONS = ("fp32", "bf16-mixed")
@@ -83,12 +84,15 @@ def settings(method: str, model: nn.Module) -> SimpleNamespace:
     )
 
 
-def build(shape: str, method: str, seed: int = 0):  # noqa: ANN201
-    """(trainable model, objective, encoded batch, AdamW or None) of one shape and method."""
+def build(shape: str, method: str, seed: int = 0, checkpointing: bool = False):  # noqa: ANN201
+    """(trainable model, objective, encoded batch, AdamW or None) of one shape and method; `checkpointing`:
+    every block's activations recomputed in backward (`sparta train --gradient-checkpointing`)."""
     batch, seq = SHAPES[shape]
     kind = "classification" if shape == "cls" else "causal-lm"
     model = load_model(resolve_model(MODEL), task=kind, num_labels=2 if shape == "cls" else None)
     model.config.pad_token_id = 0
+    if checkpointing:
+        enable_gradient_checkpointing(model)
     objective = OBJECTIVES["classification" if shape == "cls" else "language-modelling"]
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(16, model.config.vocab_size, (batch, seq), generator=g).tolist()
@@ -102,11 +106,30 @@ def build(shape: str, method: str, seed: int = 0):  # noqa: ANN201
             p.requires_grad_(False)
         model.enable_input_require_grads()
         return model.train(), objective, data, None
+    if method == "peft-sparta-vo":
+        net = peft_sparta_vo(model)
+        return net, objective, data, torch.optim.AdamW(list(net.parameters()), lr=1e-5)
     cfg = settings(method, model)
     net = get_method("sparta" if method == "sparta-vo" else method).apply(model, cfg, objective)
     net.train()
     params = [p for p in net.parameters() if p.requires_grad]
     return net, objective, data, torch.optim.AdamW(params, lr=1e-5)
+
+
+def peft_sparta_vo(model: nn.Module) -> nn.Module:
+    """peft-sparta 0.0.3 (`make bench` installs it into bench/.deps) on v_proj,o_proj at LoRA r=8's budget: its
+    `SpaRTA` wrapper, whose forward writes W0 + delta into the weights and calls the model."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent / ".deps"))
+    from peft_sparta import SpaRTA
+
+    frozen = ["embed_tokens", "self_attn.q", "self_attn.k", "mlp", "norm"]  # leaves v_proj and o_proj
+    total = sum(p.numel() for p in model.parameters())
+    open_to_sampling = sum(p.numel() for n, p in model.named_parameters() if not any(k in n for k in frozen))
+    # peft-sparta takes a sparsity over all parameters and keeps (1 - sparsity) * total of the unfrozen ones
+    wrapped = SpaRTA(model, sparsity=1 - vo_density(model) * open_to_sampling / total, frozen_modules=frozen)
+    # sparta's objectives find the transformers model inside an engine wrapper through `.module`
+    object.__setattr__(wrapped, "module", model)
+    return wrapped
 
 
 def step(net, objective, data, optimizer, precision: str) -> float:  # noqa: ANN001

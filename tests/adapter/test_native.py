@@ -22,8 +22,9 @@ def _pattern(rows: int, cols: int, density: float, name: str = "w"):
 
 
 @needs_kernel
-# token counts below, at and past one 64-token tile and 8-row block; widths that are and are not multiples of 8
-@pytest.mark.parametrize("n_tokens", [1, 7, 8, 63, 64, 65, 200])
+# token counts below, at and past one 128-token tile, an 8-row block (fp32) and a 16-token block (bf16 tiles);
+# widths that are and are not multiples of 8
+@pytest.mark.parametrize("n_tokens", [1, 7, 8, 17, 127, 128, 129, 300])
 @pytest.mark.parametrize(("rows", "cols"), [(5, 9), (16, 24), (13, 40), (48, 7)])
 def test_kernel_equals_dense_product_at_the_pattern(n_tokens, rows, cols):
     g = torch.Generator().manual_seed(n_tokens * 100 + rows)
@@ -35,14 +36,34 @@ def test_kernel_equals_dense_product_at_the_pattern(n_tokens, rows, cols):
 
 
 @needs_kernel
-def test_bf16_operands_are_read_in_place_and_summed_in_fp32():
-    g = torch.Generator().manual_seed(3)
-    a = torch.randn(150, 24, generator=g).to(torch.bfloat16)
-    b = torch.randn(150, 40, generator=g).to(torch.bfloat16)
-    r, c, crow = _pattern(24, 40, 0.25)
+@pytest.mark.parametrize("n_tokens", [1, 15, 16, 150, 300])
+@pytest.mark.parametrize(("rows", "cols"), [(24, 40), (13, 9)])
+def test_bf16_operands_are_read_in_place_and_summed_in_fp32(n_tokens, rows, cols):
+    """bf16 operands, on the CPU's bf16 dot products where it has them (else widened): the fp32 sums of their
+    exact products, on shapes with token and column remainders."""
+    g = torch.Generator().manual_seed(3 + n_tokens)
+    a = torch.randn(n_tokens, rows, generator=g).to(torch.bfloat16)
+    b = torch.randn(n_tokens, cols, generator=g).to(torch.bfloat16)
+    r, c, crow = _pattern(rows, cols, 0.25)
     got = native.sampled_dot(a, b, crow, c)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, (a.float().t() @ b.float())[r, c.long()], rtol=1e-5, atol=1e-4)
+
+
+@needs_kernel
+def test_widened_bf16_build_equals_the_bf16_dot_product_build(monkeypatch, tmp_path):
+    """On a CPU with AVX512-BF16, a build without it (bf16 widened to fp32 while tiling) gives the same sums."""
+    if "AVX512-BF16" not in native.status():
+        pytest.skip(native.status())
+    g = torch.Generator().manual_seed(8)
+    a = torch.randn(200, 24, generator=g).to(torch.bfloat16)
+    b = torch.randn(200, 40, generator=g).to(torch.bfloat16)
+    r, c, crow = _pattern(24, 40, 0.3)
+    with_dot = native.sampled_dot(a, b, crow, c)
+    _fresh_state(monkeypatch, tmp_path)
+    monkeypatch.setattr(native, "FLAGS", [*native.FLAGS, "-mno-avx512bf16"])
+    assert "widened" in native.status()
+    torch.testing.assert_close(native.sampled_dot(a, b, crow, c), with_dot, rtol=1e-5, atol=1e-4)
 
 
 @needs_kernel

@@ -109,6 +109,38 @@ def test_head_gradients_equal_the_full_logits_computation(family, method, lm_hea
         torch.testing.assert_close(ours[name], g, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_a_frozen_head_is_cast_once_under_autocast_with_the_same_numbers(monkeypatch):
+    """Under bf16 autocast the frozen head's weight is cast once per batch, not once per chunk, and the loss and
+    the rows' gradients are bitwise those of calling the head itself on every chunk."""
+    net, model = trainable("llama-tied", "sparta")
+    data, idx = random_lm_data(6, seed=2), [0, 1, 2, 3, 4, 5]
+    head_weight = model.get_output_embeddings().weight
+    casts = []
+    real_to = torch.Tensor.to
+
+    def counting_to(self, *args, **kwargs):
+        if self is head_weight:
+            casts.append(args)
+        return real_to(self, *args, **kwargs)
+
+    def loss_and_grads():
+        net.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = LM.batch_loss(net, data, idx, 0, "right", "cpu")
+        loss.backward()
+        return loss.detach(), grads(net)
+
+    loss_and_grads()  # the first batch also checks the head's logit transforms (one more cast)
+    monkeypatch.setattr(torch.Tensor, "to", counting_to)
+    once, once_grads = loss_and_grads()
+    assert len(casts) == 1 and sum(map(sum, data.loss_mask)) > 2 * LH.chunk_rows_for(128)  # several chunks
+    monkeypatch.setattr(LH, "_cast_once", lambda head: head)  # every chunk calls the head under autocast
+    every, every_grads = loss_and_grads()
+    assert torch.equal(once, every) and once_grads
+    for name, g in every_grads.items():
+        assert torch.equal(once_grads[name], g), name
+
+
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 def test_padding_sides_give_the_same_loss(padding_side):
     model = tiny_lm("llama-tied")

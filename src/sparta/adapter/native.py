@@ -25,7 +25,7 @@ import torch
 
 SOURCE = Path(__file__).with_name("sampled_dot.c")
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared", "-std=c11"]
-TILE = 64  # tokens per tile; must match sampled_dot.c
+TILE = 128  # tokens per tile; must match sampled_dot.c
 DTYPES = (torch.float32, torch.bfloat16)
 
 _lock = threading.Lock()
@@ -109,13 +109,16 @@ def _load() -> ctypes.CDLL | None:
             ]
             fn.restype = None
             _openmp = bool(library.sparta_has_openmp())
+            bf16_note = (
+                "bf16 on AVX512-BF16 dot products" if library.sparta_bf16_dot() else "bf16 widened to fp32"
+            )
             if library.sparta_tile() != TILE:
                 raise RuntimeError(f"built with TILE={library.sparta_tile()}, native.py expects {TILE}")
         except (OSError, AttributeError, RuntimeError, subprocess.SubprocessError) as err:
             _status = f"torch.sparse.sampled_addmm (native kernel unavailable: {err})"
             return None
         threading_note = "OpenMP threads" if _openmp else "single-threaded"
-        _library, _status = library, f"native (sparta/adapter/sampled_dot.c, {threading_note})"
+        _library, _status = library, f"native (sparta/adapter/sampled_dot.c, {threading_note}, {bf16_note})"
         return _library
 
 
@@ -153,8 +156,8 @@ _work = _Work()
 
 
 def _work_buffer(numel: int) -> torch.Tensor:
-    """This thread's tile buffers, grown to `numel` floats when needed (threads x (R + C) x 64 floats: 1.4 MB
-    for SmolLM2's widest layer on 2 threads)."""
+    """This thread's tile buffers, grown to `numel` floats when needed (threads x (R + C) x TILE floats: 2.2 MB
+    for SmolLM2's widest layer, 576 + 1536, on 2 threads; bf16 tiles use half)."""
     if _work.buffer is None or _work.buffer.numel() < numel:
         _work.buffer = None  # let the old one go before a bigger one is made
         _work.buffer = torch.empty(numel, dtype=torch.float32)
