@@ -16,9 +16,11 @@ def test_every_method_has_a_classification_default_and_each_objective_a_table():
     for method in METHODS:
         rate = default_lr(method, "classification", 0.005)
         assert 0 < rate.lr < 0.1 and rate.source
-    for objective in ("language-modelling", "preference"):
+    for objective in ("preference", "grpo"):
         for method in ("sparta", "lora", "full"):
             assert default_lr(method, objective).source.startswith("convention")
+    for method in ("sparta", "lora", "full"):  # measured on GSM8K
+        assert default_lr(method, "language-modelling").source.startswith("measured")
 
 
 def test_the_sparta_default_follows_the_measured_densities():

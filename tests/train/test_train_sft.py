@@ -172,7 +172,7 @@ def test_generation_metrics_in_the_zero_shot_and_final_metrics(sft_config):
 
 
 def test_sft_without_a_rate_takes_the_language_modelling_default(sft_config):
-    assert train(sft_config(lr=None, max_steps=1))["config"]["lr"] == 2e-4
+    assert train(sft_config(lr=None, max_steps=1))["config"]["lr"] == 1e-2
 
 
 def test_gradient_checkpointing_trains_the_same(sft_config, tmp_path):
