@@ -37,6 +37,7 @@ def grpo_config(instruct_model_dir, tmp_path):
             max_new_tokens=6,
             max_steps=4,
             lr=1e-2,
+            warmup_ratio=0.0,  # every step updates (a warmup would start at lr 0)
             rewards=["tinyrewards:good", "length=0.1"],
             max_eval_samples=4,
             eval_every=2,

@@ -179,7 +179,11 @@ class SharedConfig:
     scheduler: str = option(
         "linear", group="optim", choices=SCHEDULERS, help="learning-rate schedule after warmup"
     )
-    warmup_ratio: float = option(0.0, group="optim", help="fraction of steps used for linear warmup")
+    warmup_ratio: float = option(
+        0.1,
+        group="optim",
+        help="fraction of steps used for linear warmup (0.1: the warmup every measured default rate used)",
+    )
     warmup_steps: int | None = option(None, group="optim", help="warmup steps; wins over --warmup-ratio")
     max_grad_norm: float | None = option(1.0, group="optim", help="gradient clipping norm ('none' disables)")
     dropout: float | None = option(
