@@ -171,8 +171,11 @@ def test_generation_metrics_in_the_zero_shot_and_final_metrics(sft_config):
     assert result["metrics"]["dev"]["loss"] == result["history"][-1]["dev_loss"]
 
 
-def test_sft_without_a_rate_takes_the_language_modelling_default(sft_config):
-    assert train(sft_config(lr=None, max_steps=1))["config"]["lr"] == 1e-2
+def test_sft_without_a_rate_takes_the_language_modelling_default(sft_config, tmp_path):
+    """SpaRTA's measured SFT rate at the LoRA budget's density (3.47%), the lower one below 2%."""
+    measured = sft_config(lr=None, max_steps=1, density=0.0347, output=str(tmp_path / "measured"))
+    assert train(measured)["config"]["lr"] == 1e-2
+    assert train(sft_config(lr=None, max_steps=1, density=0.005))["config"]["lr"] == 3e-3
 
 
 def test_gradient_checkpointing_trains_the_same(sft_config, tmp_path):
