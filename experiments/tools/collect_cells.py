@@ -1,5 +1,6 @@
 """Copy the finished grid cells (results.json present) of an output folder into the repository: their small files
-(results.json, log.csv, run.json, cell.yaml, logs, em250/), never weights, checkpoints or tokenizers.
+(results.json, log.csv, run.json, cell.yaml, logs, em250/, the per-example scores examples/*.jsonl that
+`sparta compare` pairs), never weights, checkpoints or tokenizers.
 
     python experiments/tools/collect_cells.py GRID_OUTPUT experiments/results/NAME
 """
@@ -8,7 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
-KEEP = {".json", ".csv", ".log", ".yaml"}
+KEEP = {".json", ".jsonl", ".csv", ".log", ".yaml"}
 SKIP_DIRS = {"adapter", "model", "tokenizer", "tb"}
 
 
