@@ -8,8 +8,8 @@ SpaRTA the policy that samples is the training model itself, its deltas merged i
 the base model costs. PEFT's LoRA generates either unmerged (two extra low-rank matmuls in every adapted layer,
 every token) or merged for the generation and unmerged again for training (`merge_adapter` / `unmerge_adapter`
 each step). Measured, in one process, paired per round, in one precision (bf16-mixed on a CPU with bf16, else
-fp32): generation of P x G completions of exactly `--tokens` new tokens (sampling at T=0.7 with the stop tokens
-removed, so every state decodes the same number of tokens), and training: `completion_logps` forward and backward
+fp32): generation of P x G completions of exactly `--tokens` new tokens (sampling at T=0.7 with the end-of-turn
+tokens held back by `min_new_tokens`, so every state decodes the same number of tokens), and training: `completion_logps` forward and backward
 over the same rollouts, one group of G per forward, then AdamW. The arithmetic task's prompts (difficulty 2).
 Writes rl_step.md and rl_step.json under --out.
 """
