@@ -121,7 +121,7 @@ def _cast_once(head: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
 
     Autocast caches the casts of trainable leaf tensors only, so a frozen float32 head is cast to bf16 on every
     call: with the head applied chunk by chunk, one vocabulary x d cast per chunk (SmolLM2: 28M elements, 5
-    chunks in an 8 x 256 SFT step, about 5% of the step on a CPU). The copy lives as long as the returned
+    chunks in an 8 x 256 SFT step). The copy lives as long as the returned
     callable (one batch) and is remade when the weight changes; the numbers are those of ``head(hidden)`` under
     autocast. Other heads (SpaRTA's sparse layer, PEFT's modules) are called as they are."""
     weight = getattr(head, "weight", None)

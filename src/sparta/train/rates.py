@@ -27,9 +27,10 @@ linear schedule with 10% warmup, batch 16, max grad norm 1, 1 epoch of 1,000-2,0
 batch 8, 10% warmup, 1 epoch of 200 examples (25 steps), chosen by answer NLL on 200 dev problems from rates half
 a decade apart, each with a worse neighbour on both sides: SpaRTA Wv,Wo at 3.47% 1e-2 (1.026 against 1.057 at
 3e-3 and 1.062 at 3e-2), LoRA r=8 q,v 1e-2 (1.036; 3e-3 1.037, 3e-2 1.401), full fine-tuning 1e-4 (0.996; 3e-5
-1.032, 3e-4 1.020). Below 2% density SpaRTA's SFT default is 3e-3, not measured: one step below, as classification's
-low densities were unstable at the higher rate. These are far above the field's SFT conventions for 7B models (2e-4 LoRA, 2e-5 full), which
-barely move a 135M model in a few hundred steps. DoRA takes LoRA's rate.
+1.032, 3e-4 1.020). Below 2% density SpaRTA's SFT default is 3e-3, not measured: one step below, as
+classification's low densities were unstable at the higher rate. These are far above the field's SFT
+conventions for 7B models (2e-4 LoRA, 2e-5 full), which barely move a 135M model in a few hundred steps. DoRA
+takes LoRA's rate.
 
 *Conventional* rates (nothing measured here): DPO 5e-7 full and 5e-6 LoRA/DoRA (the alignment-handbook
 Zephyr-7B recipes); GRPO 1e-6 full (TRL's GRPOConfig default) and 1e-5 LoRA/DoRA. SpaRTA takes LoRA's rate
