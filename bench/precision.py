@@ -164,10 +164,10 @@ def ratio(times: dict, a: str, b: str) -> dict:
     return {"median": statistics.median(r), "min": min(r), "max": max(r)}
 
 
-def one(shape: str, method: str, precision: str) -> dict:
+def one(shape: str, method: str, precision: str, checkpointing: bool = False) -> dict:
     """Peak RSS added by 3 steps of one cell (run in a fresh process): the high-water mark is reset to the current
     RSS once the model and optimizer are built (Linux: `clear_refs`), so loading does not count."""
-    net, objective, data, optimizer = build(shape, method)
+    net, objective, data, optimizer = build(shape, method, checkpointing=checkpointing)
     Path("/proc/self/clear_refs").write_text("5")
     before = _status_mb("VmRSS")
     seconds = [step(net, objective, data, optimizer, precision) for _ in range(3)]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from precision import _status_mb, build, ratio, step
+from precision import build, one, ratio, step
 from sparta.precision import cpu_bf16_instructions, normalise
 
 METHODS = ("floor", "sparta-vo", "lora", "peft-sparta-vo")
@@ -51,15 +51,6 @@ def paired(rounds: int, warmup: int, precision: str) -> dict[str, list[float]]:
         for cell in order.sample(CELLS, len(CELLS)):
             times[key(*cell)].append(step(*built[cell], precision))
     return times
-
-
-def one(method: str, checkpointing: bool, precision: str) -> dict:
-    """What 3 steps of one cell add to the resident set (run in a fresh process)."""
-    net, objective, data, optimizer = build("sft", method, checkpointing=checkpointing)
-    Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark to the current RSS
-    before = _status_mb("VmRSS")
-    seconds = [step(net, objective, data, optimizer, precision) for _ in range(3)]
-    return {"step_added_mb": _status_mb("VmHWM") - before, "seconds": seconds}
 
 
 def table(results: dict) -> str:
@@ -99,7 +90,7 @@ def main() -> None:
     precision = normalise(args.precision) or ("bf16-mixed" if cpu_bf16_instructions() else "fp32")
     if args.one:
         method, checkpointing = args.one.split(":")
-        print(json.dumps(one(method, checkpointing == "1", precision)))
+        print(json.dumps(one("sft", method, precision, checkpointing == "1")))
         return
     results = {
         "precision": precision,
